@@ -1,0 +1,27 @@
+"""Similarity networks and their checkpoints."""
+
+from sane.models.backbones import (
+    ARCHITECTURES,
+    EmbeddingNet,
+    build_embedding,
+    compact_embedding,
+    resnet18_embedding,
+    resnet50_embedding,
+)
+from sane.models.checkpoint import default_weights_path, load_similarity, load_torchscript, save_similarity
+from sane.models.embedder import Embedder, model_device
+
+__all__ = [
+    "ARCHITECTURES",
+    "Embedder",
+    "EmbeddingNet",
+    "build_embedding",
+    "compact_embedding",
+    "default_weights_path",
+    "load_similarity",
+    "load_torchscript",
+    "model_device",
+    "resnet18_embedding",
+    "resnet50_embedding",
+    "save_similarity",
+]

@@ -1,0 +1,58 @@
+"""Running a similarity model: batches in, L2-normalised float32 embeddings out."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sane.errors import InputError
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for parameter-free modules)."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+class Embedder:
+    """Runs a similarity model on batches: L2-normalised float32 embeddings, optional autocast."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batch_size: int = 256,
+        amp: bool = False,
+        channels_last: bool = False,
+        device: str | torch.device | None = None,
+    ):
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}", "batch_size")
+        if getattr(model, "training", False):
+            warnings.warn("model is in training mode; call model.eval() for stable explanations", stacklevel=3)
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.amp = amp
+        self.channels_last = channels_last
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.images_seen = 0  # forward-pass counter (images), for cost accounting
+
+    def __call__(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+        """Embed any number of images, at most ``batch_size`` at a time."""
+        outs = [self._forward(x[i : i + self.batch_size], condition) for i in range(0, len(x), self.batch_size)]
+        return torch.cat(outs)
+
+    def _forward(self, x: torch.Tensor, condition=None) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            out = self.model(x) if condition is None else self.model(x, condition)
+        self.images_seen += len(x)
+        if out.dim() != 2:
+            raise InputError(f"model must return (B, D) embeddings, got shape {tuple(out.shape)}", "model")
+        return F.normalize(out.float(), dim=1)

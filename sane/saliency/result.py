@@ -1,0 +1,24 @@
+"""The result every saliency generator returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SaliencyResult:
+    """Maps over the query (and reference) plus the similarity of the unmodified pair.
+
+    ``query_map`` is (H, W), or (K, H, W) when K references were given; ``reference_map`` is None in
+    fixed mode, else shaped like the references; ``similarity`` is a float or a (K,) tensor;
+    ``timings`` holds milliseconds per stage.
+    """
+
+    query_map: torch.Tensor
+    reference_map: torch.Tensor | None
+    similarity: float | torch.Tensor
+    method: str
+    mode: str
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Training loops (similarity model now; attribute models later)."""
