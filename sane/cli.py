@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+from pathlib import Path
 
 from sane.errors import InputError
 
@@ -38,6 +40,66 @@ def _cmd_train_similarity(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}")
     return 0
+
+
+def _ensure_data(path: str) -> str:
+    """The default synthetic data set is generated on first use, so evaluations work out of the box."""
+    if path == DEFAULT_DATA and not Path(path).is_dir():
+        from sane.data import write_dataset
+
+        print(f"{path} not found: generating it (sane data synth --out {path} --n 4200 --seed 0)")
+        write_dataset(path, 4200, seed=0)
+    return path
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from sane.explain.pair import explain_files
+
+    report = explain_files(
+        args.query, args.reference, args.out, method=args.method, mode=args.mode, model_path=args.model,
+        n_masks=args.n_masks, seed=args.seed, batch_size=args.batch_size, device=args.device, amp=args.amp,
+    )
+    print(f"similarity {report['similarity']:.4f} ({report['method']}, mode={report['mode']}, "
+          f"{report['timing_ms']['explain']:.0f} ms)")
+    for name in report["files"]:
+        print(f"wrote {Path(args.out) / name}")
+    return 0
+
+
+def _cmd_eval_similarity(args: argparse.Namespace) -> int:
+    from sane.evaluation import evaluate_similarity
+    from sane.models import load_similarity
+
+    model, preprocess = load_similarity(args.model, args.device)
+    report = evaluate_similarity(model, preprocess, _ensure_data(args.data), n_pairs=args.pairs, seed=args.seed)
+    print(f"recall@1 on {report['n_images']} {report['split']} images: {report['recall@1']:.3f}")
+    if "counterfactual" in report:
+        print("mean change of s(q, r) when one factor of q is re-rendered (same-class pairs):")
+        for factor, row in report["counterfactual"].items():
+            print(f"  {factor:<12}{row['mean_delta']:+.3f} (std {row['std_delta']:.3f})")
+    _write_json(args.out, report)
+    return 0
+
+
+def _cmd_eval_saliency(args: argparse.Namespace) -> int:
+    from sane.evaluation import evaluate_saliency, format_saliency_table
+    from sane.models import load_similarity
+
+    model, preprocess = load_similarity(args.model, args.device)
+    table = evaluate_saliency(
+        model, preprocess, _ensure_data(args.data), methods=tuple(args.methods), n_pairs=args.pairs,
+        n_masks=args.n_masks, batch_size=args.batch_size, substrate=args.substrate, seed=args.seed,
+    )
+    print(format_saliency_table(table))
+    _write_json(args.out, table)
+    return 0
+
+
+def _write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +138,45 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=_cmd_train_similarity)
+
+    explain = sub.add_parser("explain", help="explain why two images match: heat maps + JSON")
+    explain.add_argument("query", help="query image file")
+    explain.add_argument("reference", help="reference image file")
+    explain.add_argument("--method", default="rise", choices=["rise", "sliding_window"])
+    explain.add_argument("--mode", default="fixed", choices=["fixed", "both"])
+    explain.add_argument("--out", default="out", help="directory for the PNG overlays and result.json")
+    _model_options(explain)
+    explain.add_argument("--n-masks", type=int, default=2000, help="RISE masks")
+    explain.add_argument("--seed", type=int, default=0)
+    explain.add_argument("--amp", action="store_true", help="mixed precision forward passes")
+    explain.set_defaults(func=_cmd_explain)
+
+    eval_sim = sub.add_parser("eval-similarity", help="recall@1 and the counterfactual table")
+    eval_sim.add_argument("--data", default=DEFAULT_DATA)
+    _model_options(eval_sim)
+    eval_sim.add_argument("--pairs", type=int, default=300, help="pairs for the counterfactual table")
+    eval_sim.add_argument("--seed", type=int, default=0)
+    eval_sim.add_argument("--out", default=None, help="also write the report as JSON here")
+    eval_sim.set_defaults(func=_cmd_eval_similarity)
+
+    eval_sal = sub.add_parser("eval-saliency", help="compare saliency generators on synthetic test pairs")
+    eval_sal.add_argument("--data", default=DEFAULT_DATA)
+    _model_options(eval_sal)
+    eval_sal.add_argument("--methods", nargs="+", default=["rise", "sliding_window", "random"],
+                          choices=["rise", "sliding_window", "random"])
+    eval_sal.add_argument("--pairs", type=int, default=50)
+    eval_sal.add_argument("--n-masks", type=int, default=1000)
+    eval_sal.add_argument("--substrate", default="constant", choices=["constant", "blur"])
+    eval_sal.add_argument("--seed", type=int, default=0)
+    eval_sal.add_argument("--out", default="results/eval_saliency.json", help="JSON table path ('' to skip)")
+    eval_sal.set_defaults(func=_cmd_eval_saliency)
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="similarity checkpoint or TorchScript file (default: bundled)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=256)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, FileNotFoundError) as exc:
+    except (InputError, FileNotFoundError, ValueError) as exc:
         print(f"sane: error: {exc}", file=sys.stderr)
         return 2
 

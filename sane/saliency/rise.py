@@ -18,7 +18,8 @@ class RISE(PerturbationExplainer):
     reference, at a cost of N + n_reference_masks forward passes (not their product).
 
     ``query_map = sum_i s_i M_i / sum_i M_i`` with ``s_i`` the similarity of the masked query to the
-    reference (both mode: averaged over the masked references).
+    reference (both mode: averaged over the masked references). In both mode the reference map is the
+    same estimate over the reference masks, scored against the unmodified query.
     """
 
     method = "rise"

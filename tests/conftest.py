@@ -1,0 +1,47 @@
+"""Shared test fixtures: constructed models whose right answer is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RegionModel(nn.Module):
+    """An embedding that sees only the box ``(y0, y1, x0, x1)``: pooled pixels of the box plus a
+    constant part (so the cosine stays defined when the box is blanked). Its saliency must peak there."""
+
+    def __init__(self, box: tuple[int, int, int, int], pool: int = 4):
+        super().__init__()
+        self.box = box
+        self.pool = pool
+        self.register_buffer("bias", torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y0, y1, x0, x1 = self.box
+        feats = F.avg_pool2d(x[:, :, y0:y1, x0:x1], self.pool).flatten(1)
+        return torch.cat([feats, self.bias.expand(len(x), -1)], 1)
+
+
+class CountingModel(nn.Module):
+    """Wraps a model and records the size of every batch it is given."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        return self.inner(x)
+
+
+def inside(box: tuple[int, int, int, int], flat_index: int, width: int) -> bool:
+    y, x = divmod(int(flat_index), width)
+    return box[0] <= y < box[1] and box[2] <= x < box[3]
+
+
+@pytest.fixture
+def image64() -> torch.Tensor:
+    return torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(1))
