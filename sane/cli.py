@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 from sane.errors import InputError
+from sane.saliency import GENERATORS
+
+METHODS = sorted(GENERATORS)
 
 DEFAULT_DATA = "data/shapes"
 
@@ -142,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", help="explain why two images match: heat maps + JSON")
     explain.add_argument("query", help="query image file")
     explain.add_argument("reference", help="reference image file")
-    explain.add_argument("--method", default="rise", choices=["rise", "sliding_window"])
+    explain.add_argument("--method", default="rise", choices=METHODS)
     explain.add_argument("--mode", default="fixed", choices=["fixed", "both"])
     explain.add_argument("--out", default="out", help="directory for the PNG overlays and result.json")
     _model_options(explain)
@@ -162,8 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_sal = sub.add_parser("eval-saliency", help="compare saliency generators on synthetic test pairs")
     eval_sal.add_argument("--data", default=DEFAULT_DATA)
     _model_options(eval_sal)
-    eval_sal.add_argument("--methods", nargs="+", default=["rise", "sliding_window", "random"],
-                          choices=["rise", "sliding_window", "random"])
+    eval_sal.add_argument("--methods", nargs="+", default=["rise", "sliding_window", "random"], choices=METHODS)
     eval_sal.add_argument("--pairs", type=int, default=50)
     eval_sal.add_argument("--n-masks", type=int, default=1000)
     eval_sal.add_argument("--substrate", default="constant", choices=["constant", "blur"])

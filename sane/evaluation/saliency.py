@@ -10,9 +10,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sane.data import AttributeDataset
+from sane.explain.pair import make_explainer
 from sane.images import Preprocess
 from sane.metrics import insertion_deletion, mass_inside, pointing_game
-from sane.saliency import GENERATORS
 
 
 def positive_pairs(dataset: AttributeDataset, n: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -52,8 +52,7 @@ def evaluate_saliency(
     tensor_pairs = [(items[q]["image"], items[r]["image"]) for q, r in pairs]
     table = {}
     for name in methods:
-        options = {"n_masks": n_masks} if name == "rise" else {}
-        explainer = GENERATORS[name](model, batch_size=batch_size, seed=seed, **options)
+        explainer = make_explainer(model, name, n_masks, batch_size=batch_size, seed=seed)
         maps, seconds = [], []
         for q, r in tqdm(tensor_pairs, desc=f"explaining ({name})", disable=not progress):
             start = time.perf_counter()
