@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint install clean
+.PHONY: demo stop test lint install clean
 
 $(BIN)/sane: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,9 +16,17 @@ $(BIN)/sane: pyproject.toml
 
 install: $(BIN)/sane
 
+# The main job: build the archives, start TorchServe (production config.properties: token auth on,
+# the token is read from out/serve/key_file.json), explain the bundled pair over HTTP, leave it running.
 demo: install
-	$(BIN)/sane explain examples/query.jpg examples/reference.jpg --out out/demo --mode both
-	@echo "heat maps: out/demo/query_saliency.png out/demo/reference_saliency.png"
+	$(BIN)/sane archive
+	$(BIN)/sane serve --restart
+	$(BIN)/sane request examples/query.jpg examples/reference.jpg --out out/demo
+	@echo "TorchServe is still running (HTTP :8080, gRPC :7070, token in out/serve/key_file.json)."
+	@echo "Stop it with: make stop   (or: .venv/bin/sane serve --stop)"
+
+stop:
+	$(BIN)/sane serve --stop
 
 test: install
 	$(BIN)/ruff check sane tests bench

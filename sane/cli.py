@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sane.errors import InputError
 from sane.saliency import GENERATORS
+from sane.serving.commands import add_serving_commands
 
 METHODS = sorted(GENERATORS)
 
@@ -172,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     eval_sal.add_argument("--seed", type=int, default=0)
     eval_sal.add_argument("--out", default="results/eval_saliency.json", help="JSON table path ('' to skip)")
     eval_sal.set_defaults(func=_cmd_eval_saliency)
+    from sane.train.commands import add_attribute_commands
+
+    add_attribute_commands(sub)
+    add_serving_commands(sub)
     return parser
 
 

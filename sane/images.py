@@ -79,14 +79,16 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, field: str = "im
                         f"{field}: image is {image.width}x{image.height} pixels, above the limit of "
                         f"{MAX_PIXELS} pixels",
                         field,
+                        status=413,
                     )
                 image.load()
         except InputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise InputError(f"{field}: image too large (decompression bomb): {exc}", field) from exc
-        except Exception as exc:  # PIL raises many types for corrupt data
-            raise InputError(f"{field}: cannot read image {name!r}: {exc}", field) from exc
+            raise InputError(f"{field}: image too large (decompression bomb): {exc}", field, 413) from exc
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
+            reason = str(exc).split(" <_io.")[0]  # PIL names the BytesIO object: noise for the user
+            raise InputError(f"{field}: cannot read image {name!r}: {reason}", field) from exc
     return to_rgb(image)
 
 

@@ -17,13 +17,30 @@ from sane.images import Preprocess, open_image
 from sane.models import load_similarity
 from sane.saliency import GENERATORS, SaliencyResult
 
+# Each generator's own size option: how many perturbations (or steps) one map costs.
+SIZE_OPTIONS = {"rise": "n_masks", "lime": "n_samples", "mask": "iterations"}
 
-def make_explainer(model: nn.Module, method: str, n_masks: int = 2000, **options):
-    """A generator by name with the options that apply to it (``n_masks`` is RISE's)."""
+
+def make_explainer(
+    model: nn.Module,
+    method: str,
+    n_masks: int = 2000,
+    *,
+    n_samples: int | None = None,
+    iterations: int | None = None,
+    **options,
+):
+    """A generator by name with the options that apply to it.
+
+    ``n_masks`` is RISE's, ``n_samples`` LIME's and ``iterations`` the learned mask's (each left at
+    its generator's default when None); the other size options are ignored by methods they do not fit.
+    """
     if method not in GENERATORS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(GENERATORS)}", "method")
-    if method == "rise":
-        options["n_masks"] = n_masks
+    sizes = {"n_masks": n_masks, "n_samples": n_samples, "iterations": iterations}
+    name = SIZE_OPTIONS.get(method)
+    if name is not None and sizes[name] is not None:
+        options[name] = sizes[name]
     return GENERATORS[method](model, **options)
 
 

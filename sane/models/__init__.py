@@ -25,3 +25,30 @@ __all__ = [
     "resnet50_embedding",
     "save_similarity",
 ]
+
+# Attribute predictors (SPEC §3): SANE, its baselines and their checkpoints.
+from sane.models.attributes import (  # noqa: E402
+    ATTRIBUTE_MODELS,
+    ATTRIBUTE_TRUNKS,
+    AttributePredictor,
+    FashionSearchNet,
+    RandomAttributes,
+    build_attribute_model,
+    default_attribute_weights,
+    load_attributes,
+    predict_attributes,
+    save_attributes,
+)
+
+__all__ += [
+    "ATTRIBUTE_MODELS",
+    "ATTRIBUTE_TRUNKS",
+    "AttributePredictor",
+    "FashionSearchNet",
+    "RandomAttributes",
+    "build_attribute_model",
+    "default_attribute_weights",
+    "load_attributes",
+    "predict_attributes",
+    "save_attributes",
+]

@@ -1,0 +1,11 @@
+"""TorchServe handler of the `similarity` archive: embeddings and similarity of image pairs.
+
+A thin adapter: parsing, batching and encoding live in :mod:`sane.serving`, the computing in the
+library. TorchServe needs exactly one class defined in this module (imported names do not count).
+"""
+
+from sane.serving.similarity import SimilarityHandler as _SimilarityHandler
+
+
+class SimilarityHandler(_SimilarityHandler):
+    """`similarity` archive handler (see :class:`sane.serving.similarity.SimilarityHandler`)."""

@@ -1,0 +1,213 @@
+"""The serving subcommands of `sane`: ``archive``, ``serve`` (``--stop``) and ``request``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+DEFAULT_WORKDIR = "out/serve"
+DEFAULT_STORE = "model_store"
+DEFAULT_CONFIG = "config.properties"
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` values: YAML scalars (8, 0.5, true, rise, [rise, lime])."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["batchSize=8", "handler.max_n_masks=500"]`` -> ``{"batchSize": 8, "handler": {"max_n_masks": 500}}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        if key.startswith("handler."):
+            out.setdefault("handler", {})[key[len("handler."):]] = _parse_value(value)
+        else:
+            out[key] = _parse_value(value)
+    return out
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    from sane.serving.archive import build_archive
+
+    overrides = _overrides(args.set)
+    for name in args.names:
+        path = build_archive(name, args.out, model_path=args.model, handlers=args.handlers, config_overrides=overrides)
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sane.serving.server import ServerError, render_properties, running_server, start_server, stop_server
+
+    workdir = Path(args.workdir)
+    if args.stop:
+        if stop_server(workdir):
+            print(f"TorchServe (started from {workdir}) has stopped.")
+        else:
+            print(f"no TorchServe started from {workdir} is running.")
+        return 0
+    if running_server(workdir):
+        if not args.restart:
+            print(f"sane: error: a TorchServe started from {workdir} is already running; "
+                  "stop it with `sane serve --stop` (or pass --restart)")
+            return 2
+        stop_server(workdir)
+    config = Path(args.config)
+    if not config.is_file():
+        raise FileNotFoundError(f"no TorchServe configuration at {config}")
+    if args.set:
+        workdir.mkdir(parents=True, exist_ok=True)
+        props = dict(p.split("=", 1) for p in args.set)
+        config = render_properties(config, workdir / "config.properties", props)
+    print(f"starting TorchServe ({config}, models {', '.join(args.models)}); waiting for READY ...", flush=True)
+    try:
+        info = start_server(args.model_store, args.models, config, workdir, args.disable_token_auth, args.timeout)
+    except ServerError as exc:
+        print(f"sane: error: {exc}")
+        return 1
+    print(f"TorchServe is ready (pid {info.pid})")
+    print(f"  HTTP inference  {info.inference_url}/predictions/<{'|'.join(info.models)}>")
+    print(f"  gRPC inference  {info.grpc_address}")
+    print(f"  metrics         {info.metrics_url}/metrics")
+    if info.token_auth:
+        print(f"  token auth ON:  send 'Authorization: Bearer <key>' with the inference key from "
+              f"{Path(info.workdir) / 'key_file.json'}")
+    else:
+        print("  token auth OFF")
+    print(f"  logs            {Path(info.workdir) / 'logs'}")
+    print(f"stop it with: sane serve --stop{'' if args.workdir == DEFAULT_WORKDIR else ' --workdir ' + args.workdir}")
+    return 0
+
+
+def _request_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = json.loads(args.options) if args.options else {}
+    for name in ("method", "mode", "n_masks", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    return options
+
+
+def _cmd_request(args: argparse.Namespace) -> int:
+    from sane.serving.server import ServerInfo, read_keys
+
+    info = ServerInfo.load(args.workdir)
+    token = args.token
+    if token is None and info is not None and info.token_auth:
+        token = read_keys(args.workdir).get("inference")
+    query, reference = Path(args.query).read_bytes(), Path(args.reference).read_bytes()
+    options = _request_options(args)
+    if args.grpc is not None:
+        from sane.serving.grpc_client import GrpcClient
+
+        address = args.grpc or (info.grpc_address if info else "127.0.0.1:7070")
+        with GrpcClient(address, token) as client:
+            response = client.request(args.archive, query, reference, options)
+        status = 400 if "error" in response else 200
+    else:
+        from sane.serving.http_client import HttpClient
+
+        url = args.url or (info.inference_url if info else "http://127.0.0.1:8080")
+        status, response = HttpClient(url, token).request(args.archive, query, reference, options, body=args.body)
+    if status != 200 or "error" in response:
+        print(f"sane: error: the server answered {status}: {response.get('error', response)}"
+              + (f" (field {response['field']})" if response.get("field") else ""))
+        return 1
+    for line in write_response(response, args.out, args.query, args.reference):
+        print(line)
+    return 0
+
+
+def write_response(response: dict, out: str | Path, query_path: str, reference_path: str) -> list[str]:
+    """Write a saliency response: the server's heat maps (PNG), overlays on the input images, the raw
+    float16 maps (.npy) and result.json (the response without its base64 blobs). Returns report lines."""
+    import base64
+
+    import numpy as np
+
+    from sane.heatmap import save_overlay
+    from sane.images import open_image
+    from sane.serving.encoding import decode_npy
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    summary = json.loads(json.dumps(response))
+    for name, source in (("query", query_path), ("reference", reference_path)):
+        part = (response.get("saliency") or {}).get(name)
+        if not part:
+            continue
+        if "png" in part:
+            (out / f"{name}_heatmap.png").write_bytes(base64.b64decode(part["png"]))
+            written.append(f"{name}_heatmap.png")
+        if "npy" in part:
+            saliency = decode_npy(part["npy"])
+            np.save(out / f"{name}_saliency.npy", saliency)
+            save_overlay(out / f"{name}_saliency.png", open_image(source, name), saliency.astype(np.float32))
+            written += [f"{name}_saliency.npy", f"{name}_saliency.png"]
+        for key in ("png", "npy"):
+            if key in summary["saliency"][name]:
+                summary["saliency"][name][key] = f"<{len(part[key])} base64 chars>"
+    for name in ("query", "reference"):
+        if name in (summary.get("embeddings") or {}):
+            summary["embeddings"][name]["npy"] = f"<{len(response['embeddings'][name]['npy'])} base64 chars>"
+    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    written.append("result.json")
+    lines = [f"similarity {response['similarity']:.4f}"
+             + (f" ({response['method']}, mode={response['mode']}, "
+                f"{response['timing_ms'].get('handler', 0):.0f} ms in the handler)" if "method" in response else "")]
+    return lines + [f"wrote {out / name}" for name in written]
+
+
+def add_serving_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``archive``, ``serve`` and ``request`` on the `sane` command's subparsers."""
+    from sane.serving.archive import ARCHIVES, DEFAULT_ARCHIVES
+
+    archive = sub.add_parser("archive", help="build TorchServe archives (model_store/*.mar) with torch-model-archiver")
+    archive.add_argument("names", nargs="*", default=list(DEFAULT_ARCHIVES), metavar="NAME",
+                         help=f"archives to build, of {', '.join(ARCHIVES)} (default: {' '.join(DEFAULT_ARCHIVES)})")
+    archive.add_argument("--model", default=None, help="similarity checkpoint or TorchScript file (default: bundled)")
+    archive.add_argument("--out", default=DEFAULT_STORE, help="model store directory")
+    archive.add_argument("--handlers", default=None, help="handlers directory (default: the checkout's handlers/)")
+    archive.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override model-config.yaml, e.g. batchSize=8 or handler.max_n_masks=500")
+    archive.set_defaults(func=_cmd_archive)
+
+    serve = sub.add_parser("serve", help="start TorchServe with the archives and wait until they are READY")
+    serve.add_argument("--stop", action="store_true", help="stop the TorchServe started from --workdir")
+    serve.add_argument("--config", default=DEFAULT_CONFIG, help="TorchServe config (default: production config.properties)")
+    serve.add_argument("--model-store", default=DEFAULT_STORE)
+    serve.add_argument("--models", nargs="+", default=list(DEFAULT_ARCHIVES), help="archives to serve")
+    serve.add_argument("--workdir", default=DEFAULT_WORKDIR,
+                       help="server working directory: key_file.json, logs/, tmp/ (its TMPDIR), server.json")
+    serve.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config.properties key")
+    serve.add_argument("--disable-token-auth", action="store_true",
+                       help="turn token authorization off (development only; production keeps it on)")
+    serve.add_argument("--restart", action="store_true", help="stop a server already running from --workdir first")
+    serve.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for READY")
+    serve.set_defaults(func=_cmd_serve)
+
+    request = sub.add_parser("request", help="send one explanation request to a running server; write heat maps")
+    request.add_argument("query", help="query image file")
+    request.add_argument("reference", help="reference image file")
+    request.add_argument("--archive", default="saliency", help="archive to ask (saliency, similarity, ...)")
+    request.add_argument("--url", default=None, help="HTTP inference URL (default: from --workdir's server.json)")
+    request.add_argument("--grpc", nargs="?", const="", default=None, metavar="HOST:PORT",
+                         help="use gRPC instead of HTTP (address default: from server.json)")
+    request.add_argument("--body", default="multipart", choices=["multipart", "json"], help="HTTP body format")
+    request.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where `sane serve` keeps server.json and key_file.json")
+    request.add_argument("--token", default=None, help="inference token (default: from key_file.json)")
+    request.add_argument("--method", default=None)
+    request.add_argument("--mode", default=None, choices=["fixed", "both"])
+    request.add_argument("--n-masks", dest="n_masks", type=int, default=None)
+    request.add_argument("--seed", type=int, default=None)
+    request.add_argument("--options", default=None, help="further options as a JSON object")
+    request.add_argument("--out", default="out/request", help="directory for heat maps, maps and result.json")
+    request.set_defaults(func=_cmd_request)

@@ -1,0 +1,67 @@
+"""The handler's own settings: the ``handler:`` section of an archive's model-config.yaml.
+
+TorchServe reads the top-level keys (minWorkers, batchSize, maxBatchDelay...); the handler reads
+``handler:`` (device, forward batch size, option defaults and the caps that requests are held to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Server-side settings of one archive; requests cannot exceed the caps."""
+
+    device: str = "auto"  # auto (the worker's GPU if any, else CPU) | cpu | cuda | cuda:N
+    batch_size: int = 256  # images per forward pass of the backbone (the engine's batch_size)
+    amp: bool = False  # mixed-precision forward passes (GPU)
+    channels_last: bool = False
+    threads: int | None = None  # torch intra-op threads in the worker (None: torch's default)
+    default_method: str = "rise"
+    default_mode: str = "fixed"
+    default_n_masks: int = 1000
+    max_n_masks: int = 4000  # cap of options.n_masks (cost is linear in it)
+    max_n_reference_masks: int = 500  # cap of options.n_reference_masks (mode="both")
+    max_grid: int = 32  # cap of options.grid (RISE cells per side)
+    methods: tuple[str, ...] | None = None  # allowed generators; None = every registered one
+    extra: dict[str, Any] = field(default_factory=dict)  # settings of later archives (e.g. `sane`)
+
+    @classmethod
+    def from_model_yaml(cls, model_yaml: dict | None) -> ServingConfig:
+        """Build from a parsed model-config.yaml (its ``handler:`` section); unknown keys go to ``extra``."""
+        section = dict((model_yaml or {}).get("handler") or {})
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in section.items() if k in known}
+        if kwargs.get("methods") is not None:
+            methods = kwargs["methods"]
+            kwargs["methods"] = (methods,) if isinstance(methods, str) else tuple(methods)
+        extra = {k: v for k, v in section.items() if k not in known}
+        config = cls(**kwargs, extra=extra)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Fail at worker start (not at the first request) on a nonsensical configuration."""
+        for name in ("batch_size", "default_n_masks", "max_n_masks", "max_n_reference_masks", "max_grid"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model-config handler.{name} must be an integer >= 1, got {value!r}")
+        if self.default_n_masks > self.max_n_masks:
+            raise ValueError(
+                f"model-config handler.default_n_masks ({self.default_n_masks}) exceeds max_n_masks "
+                f"({self.max_n_masks})"
+            )
+        if self.default_mode not in ("fixed", "both"):
+            raise ValueError(f"model-config handler.default_mode must be fixed or both, got {self.default_mode!r}")
+
+    def resolve_device(self, gpu_id: int | None = None) -> torch.device:
+        """The device the model runs on: TorchServe's assigned GPU when ``auto`` and CUDA is there."""
+        if self.device == "auto":
+            if gpu_id is not None and torch.cuda.is_available():
+                return torch.device(f"cuda:{int(gpu_id)}")
+            return torch.device("cpu")
+        return torch.device(self.device)

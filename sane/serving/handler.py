@@ -1,0 +1,157 @@
+"""The TorchServe handler base: every request of a batch is judged on its own.
+
+TorchServe calls ``initialize(context)`` once per worker and ``handle(data, context)`` per batch
+(``data``: one dict per request). This base parses and decodes each request separately (a corrupt
+image, a missing field or a bad option becomes that request's own 4xx with ``{"error", "field"}``),
+hands the valid ones to the subclass's :meth:`compute` as one batch, and encodes one JSON response
+per request. It never looks at the ``explain`` header: ``/predictions``, ``/explanations`` and
+gRPC ``Predictions`` take the same path and return the same bytes.
+
+Subclasses (one per archive) define :meth:`parse_options` and :meth:`compute`; the `sane`
+archive's handler extends the saliency one with attribute explanations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+import torch
+
+from sane.errors import InputError
+from sane.images import load_image
+from sane.models import load_similarity
+from sane.serving.config import ServingConfig
+from sane.serving.metrics import HandlerMetrics
+from sane.serving.request import parse_pair_request
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedPair:
+    """A decoded, validated request: model-ready tensors and the archive's options object."""
+
+    query: torch.Tensor
+    reference: torch.Tensor
+    options: Any
+    decode_ms: float = 0.0
+
+
+class ServingHandler:
+    """Shared TorchServe handler logic; subclasses say what is computed and returned."""
+
+    archive = "base"
+
+    def __init__(self):
+        self.initialized = False
+        self.config: ServingConfig | None = None
+        self.model = None
+        self.preprocess = None
+        self.device = torch.device("cpu")
+        self.metrics: HandlerMetrics | None = None
+
+    # -- TorchServe entry points -----------------------------------------------------------
+    def initialize(self, context) -> None:
+        """Load the archive's model (its serialized file, else the bundled default) and settings."""
+        props = context.system_properties
+        self.config = ServingConfig.from_model_yaml(getattr(context, "model_yaml_config", None))
+        if self.config.threads:
+            torch.set_num_threads(int(self.config.threads))
+        self.device = self.config.resolve_device(props.get("gpu_id"))
+        self.model, self.preprocess = load_similarity(self.model_path(context), self.device)
+        self.metrics = HandlerMetrics(context)
+        self.initialized = True
+        logger.info("%s handler ready on %s (%s)", self.archive, self.device, self.config)
+
+    @staticmethod
+    def model_path(context) -> str | None:
+        """The archive's ``--serialized-file`` inside the unpacked model directory, if any."""
+        manifest = getattr(context, "manifest", None) or {}
+        serialized = (manifest.get("model") or {}).get("serializedFile")
+        model_dir = context.system_properties.get("model_dir") or ""
+        return os.path.join(model_dir, serialized) if serialized else None
+
+    def handle(self, data: list[dict], context) -> list[str]:
+        """One JSON string per request, in order; statuses set per request on ``context``."""
+        start = time.perf_counter()
+        responses: list[str | None] = [None] * len(data)
+        prepared: dict[int, PreparedPair] = {}
+        for idx, raw in enumerate(data):
+            t = time.perf_counter()
+            try:
+                pair = parse_pair_request(raw)
+                options = self.parse_options(pair.options)
+                item = PreparedPair(
+                    load_image(pair.query, self.preprocess, "query"),
+                    load_image(pair.reference, self.preprocess, "reference"),
+                    options,
+                )
+                item.decode_ms = (time.perf_counter() - t) * 1e3
+                prepared[idx] = item
+            except InputError as exc:
+                responses[idx] = self._error(context, idx, exc)
+            except Exception as exc:  # a bug hit by one request answers that request only (500)
+                logger.exception("request %d could not be prepared", idx)
+                responses[idx] = self._error(context, idx, exc)
+        t_compute = time.perf_counter()
+        try:
+            results = self.compute(prepared) if prepared else {}
+        except InputError as exc:  # the library refused the batch's common settings
+            results = dict.fromkeys(prepared, exc)
+        except Exception as exc:  # answered per request (500) rather than failing the worker's batch
+            logger.exception("%s batch of %d failed", self.archive, len(prepared))
+            results = dict.fromkeys(prepared, exc)
+        compute_ms = (time.perf_counter() - t_compute) * 1e3
+        for idx, item in prepared.items():
+            result = results.get(idx)
+            if isinstance(result, Exception) or result is None:
+                responses[idx] = self._error(context, idx, result or RuntimeError("no result"))
+                continue
+            t = time.perf_counter()
+            body = self.encode(result, item)
+            encode_ms = (time.perf_counter() - t) * 1e3
+            handler_ms = (time.perf_counter() - start) * 1e3
+            body["timing_ms"] = {
+                **body.get("timing_ms", {}),
+                "decode": round(item.decode_ms, 3),
+                "compute": round(compute_ms, 3),
+                "encode": round(encode_ms, 3),
+                "handler": round(handler_ms, 3),
+            }
+            responses[idx] = json.dumps(body)
+            context.set_response_content_type(idx, "application/json")
+            if self.metrics:
+                self.metrics.record_latency(handler_ms)
+        if self.metrics:
+            self.metrics.record_batch_size(len(data))
+        return responses
+
+    # -- what an archive defines -------------------------------------------------------------
+    def parse_options(self, options: dict[str, Any]) -> Any:
+        """Validate the request's options (raise :class:`RequestError` naming the field)."""
+        raise NotImplementedError
+
+    def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
+        """Results of all valid requests of the batch by index (an Exception for a failed one)."""
+        raise NotImplementedError
+
+    def encode(self, result: Any, item: PreparedPair) -> dict[str, Any]:
+        """The JSON response of one request (``timing_ms`` is completed by :meth:`handle`)."""
+        raise NotImplementedError
+
+    # -- errors ------------------------------------------------------------------------------
+    def _error(self, context, idx: int, exc: BaseException) -> str:
+        if isinstance(exc, InputError):  # RequestError included
+            status, body = exc.status, {"error": str(exc), "field": exc.field}
+        else:
+            logger.error("request %d failed", idx, exc_info=exc)
+            status, body = 500, {"error": f"internal error: {type(exc).__name__}: {exc}", "field": None}
+        context.set_response_status(status, HTTPStatus(status).phrase, idx)
+        context.set_response_content_type(idx, "application/json")
+        return json.dumps(body)

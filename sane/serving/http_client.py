@@ -1,0 +1,82 @@
+"""A small HTTP client of the serving protocol (standard library only): multipart form or JSON body.
+
+``HttpClient(url, token).request("saliency", query_bytes, reference_bytes, {"n_masks": 500})``
+returns ``(status, json_dict)``; the same call over gRPC is :class:`sane.serving.grpc_client.GrpcClient`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+
+def multipart_body(fields: dict[str, tuple[bytes, str, str | None]]) -> tuple[bytes, str]:
+    """``{name: (data, content_type, filename)}`` -> (body, Content-Type header) of a multipart form."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, (data, content_type, filename) in fields.items():
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        parts.append(
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {content_type}\r\n\r\n".encode()
+            + data + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class HttpClient:
+    """``POST /predictions/<archive>`` (or ``/explanations/<archive>``) with an optional bearer token."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 300.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method="POST")
+        request.add_header("Content-Type", content_type)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def request(
+        self,
+        archive: str,
+        query: bytes,
+        reference: bytes,
+        options: dict[str, Any] | None = None,
+        body: str = "multipart",
+        endpoint: str = "predictions",
+    ) -> tuple[int, dict]:
+        """Send one pair; ``body`` is ``multipart`` or ``json``, ``endpoint`` ``predictions`` or ``explanations``."""
+        if body == "multipart":
+            fields = {
+                "query": (query, "application/octet-stream", "query"),
+                "reference": (reference, "application/octet-stream", "reference"),
+            }
+            if options is not None:
+                fields["options"] = (json.dumps(options).encode(), "application/json", None)
+            data, content_type = multipart_body(fields)
+        elif body == "json":
+            payload: dict[str, Any] = {
+                "query": base64.b64encode(query).decode("ascii"),
+                "reference": base64.b64encode(reference).decode("ascii"),
+            }
+            if options is not None:
+                payload["options"] = options
+            data, content_type = json.dumps(payload).encode(), "application/json"
+        else:
+            raise ValueError(f"body must be multipart or json, got {body!r}")
+        status, raw = self.post(f"/{endpoint}/{archive}", data, content_type)
+        try:
+            return status, json.loads(raw)
+        except json.JSONDecodeError:
+            return status, {"error": raw.decode("utf-8", "replace"), "field": None}

@@ -1,0 +1,84 @@
+"""The `saliency` archive: similarity + saliency maps from any registered generator, in fixed or
+both-images mode, a batch of requests explained as one stream of masked images."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from sane.errors import InputError
+from sane.explain.pair import SIZE_OPTIONS, make_explainer
+from sane.saliency import GENERATORS, SaliencyResult
+from sane.serving.batch_explain import explain_pairs
+from sane.serving.encoding import encode_map
+from sane.serving.handler import PreparedPair, ServingHandler
+from sane.serving.options import SaliencyOptions, generator_parameters, validate_saliency_options
+from sane.serving.request import RequestError
+
+logger = logging.getLogger(__name__)
+
+
+class SaliencyHandler(ServingHandler):
+    """Requests with equal options are grouped; each group is one :func:`explain_pairs` stream."""
+
+    archive = "saliency"
+    extra_option_names: frozenset[str] = frozenset()  # options a subclass (the `sane` archive) adds
+
+    def parse_options(self, options: dict[str, Any]) -> SaliencyOptions:
+        return validate_saliency_options(options, self.config, self.extra_option_names)
+
+    def make_explainer(self, options: SaliencyOptions):
+        """The generator for a group, with the server's forward batch size (and precision where it applies)."""
+        accepted = generator_parameters(GENERATORS[options.method])
+        server = {"batch_size": self.config.batch_size, "amp": self.config.amp,
+                  "channels_last": self.config.channels_last}
+        kwargs = {k: v for k, v in server.items() if k in accepted and (v or k == "batch_size")}
+        size = SIZE_OPTIONS.get(options.method)
+        if size is not None and options.n_masks is not None:
+            kwargs[size] = options.n_masks  # n_masks, n_samples or iterations
+        return make_explainer(self.model, options.method, seed=options.seed, **kwargs, **dict(options.generator))
+
+    def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for idx, item in items.items():
+            groups[item.options.group_key()].append(idx)
+        out: dict[int, Any] = {}
+        for indices in groups.values():
+            options: SaliencyOptions = items[indices[0]].options
+            start = time.perf_counter()
+            try:
+                explainer = self.make_explainer(options)
+                seen = explainer.embedder.images_seen
+                results = explain_pairs(
+                    explainer, [items[i].query for i in indices], [items[i].reference for i in indices], options.mode
+                )
+            except InputError as exc:
+                field = exc.field if exc.field in ("query", "reference") else f"options.{exc.field or 'method'}"
+                error = RequestError(str(exc), field)
+                out.update(dict.fromkeys(indices, error))
+                continue
+            except Exception as exc:  # a failure of one group must not fail the other groups
+                logger.exception("saliency group %s failed", options.group_key())
+                out.update(dict.fromkeys(indices, exc))
+                continue
+            seconds = time.perf_counter() - start
+            if self.metrics and seconds > 0:
+                self.metrics.record_masks_per_second((explainer.embedder.images_seen - seen) / seconds)
+            out.update(dict(zip(indices, results)))
+        return out
+
+    def encode(self, result: SaliencyResult, item: PreparedPair) -> dict[str, Any]:
+        options: SaliencyOptions = item.options
+        saliency = {"query": encode_map(result.query_map, options.outputs)}
+        if result.reference_map is not None:
+            saliency["reference"] = encode_map(result.reference_map, options.outputs)
+        return {
+            "similarity": float(result.similarity),
+            "method": result.method,
+            "mode": result.mode,
+            "saliency": saliency,
+            "options": options.as_dict(),
+            "timing_ms": {"explain": round(result.timings.get("total_ms", 0.0), 3)},
+        }

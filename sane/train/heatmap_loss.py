@@ -1,0 +1,64 @@
+"""SANE's saliency supervision (SPEC §3): activation maps must match similarity saliency maps.
+
+``L_hm = mean_j min(1, min_{a in P} || softmax(H_a) - softmax(tau * norm(S_j)) ||_2)`` over the
+cached saliency maps S_j of an image (one per reference), with P the image's positive attributes:
+each saliency map must be explained by at least one attribute that is present. The same distance,
+``1 - d / sqrt(2)``, is the ranker's ``match(a)`` (SPEC §4), so the target builder lives here once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_TAU = 10.0
+
+
+def spatial_softmax(maps: torch.Tensor) -> torch.Tensor:
+    """Softmax over the cells of (..., h, w) maps, flattened to (..., h*w): a distribution per map."""
+    return maps.flatten(-2).float().softmax(-1)
+
+
+def saliency_target(saliency: torch.Tensor, size: tuple[int, int], tau: float = DEFAULT_TAU) -> torch.Tensor:
+    """Target distributions (..., h*w): maps area-downsampled to ``size``, standardised over their
+    cells, times ``tau``, spatial softmax. A constant map gives the uniform distribution.
+
+    Standardising makes the target independent of the saliency method's units and offset (RISE maps
+    are in similarity units); ``tau`` sets how peaked it is (larger = closer to the argmax cell).
+    """
+    lead = saliency.shape[:-2]
+    s = saliency.reshape(-1, 1, *saliency.shape[-2:]).float()
+    s = F.adaptive_avg_pool2d(s, size).flatten(1)
+    std, mean = torch.std_mean(s, dim=1, keepdim=True, unbiased=False)
+    z = (s - mean) / std.clamp_min(1e-6)
+    return (tau * z).softmax(-1).reshape(*lead, size[0] * size[1])
+
+
+def map_distances(maps: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """L2 distances (B, K, A) between every attribute map's softmax (B, A, h, w) and every target (B, K, h*w).
+
+    Both are distributions, so each distance lies in [0, sqrt(2)].
+    """
+    p = spatial_softmax(maps)  # (B, A, hw)
+    diff = targets[:, :, None, :] - p[:, None, :, :]  # (B, K, A, hw)
+    return diff.square().sum(-1).clamp_min(1e-12).sqrt()
+
+
+def heatmap_loss(
+    maps: torch.Tensor, targets: torch.Tensor, target_valid: torch.Tensor, positives: torch.Tensor
+) -> torch.Tensor:
+    """L_hm for a batch: maps (B, A, h, w), targets (B, K, h*w) from :func:`saliency_target`,
+    target_valid (B, K) bool (padding for images with fewer than K references), positives (B, A) 0/1.
+
+    Only positive attributes can match a map, so gradient flows into positive attributes' maps only
+    (and only into the best-matching one per saliency map, and not at all past the cap of 1). Pairs
+    (image, map) of images without positives or without cached maps are left out of the mean; with
+    none left the loss is a differentiable zero.
+    """
+    dist = map_distances(maps, targets)  # (B, K, A)
+    pos = positives.bool()[:, None, :].expand_as(dist)
+    best = dist.masked_fill(~pos, float("inf")).amin(-1)  # (B, K)
+    keep = target_valid.bool() & positives.bool().any(-1, keepdim=True)
+    if not keep.any():
+        return maps.sum() * 0.0
+    return best[keep].clamp(max=1.0).mean()

@@ -1,0 +1,366 @@
+"""The serving handlers in-process with a real TorchServe Context: results equal the library's for
+every transport, each request of a batch is judged on its own, options are validated, and a batch is
+explained as one stream of masked images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CountingModel, RegionModel
+from PIL import Image
+
+from sane.explain.pair import make_explainer
+from sane.images import load_image
+from sane.models import Embedder, load_similarity
+from sane.serving.archive import build_archive
+from sane.serving.batch_explain import explain_pairs, streams_batches
+from sane.serving.encoding import decode_npy
+from sane.serving.inprocess import load_handler, payload, run_batch
+from sane.serving.request import RequestError, parse_pair_request
+from sane.serving.server import read_properties
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+TRANSPORTS = ("multipart", "json", "grpc")
+CAPS = {"handler": {"max_n_masks": 300, "default_n_masks": 100, "batch_size": 64}}
+
+
+def _bytes(name: str) -> bytes:
+    return (EXAMPLES / name).read_bytes()
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _variant(seed: int) -> bytes:
+    """Another valid image: the query with a noisy patch, so batches hold distinct queries."""
+    arr = np.asarray(Image.open(io.BytesIO(_bytes("query.jpg"))).convert("RGB")).copy()
+    rng = np.random.default_rng(seed)
+    arr[10:40, 10:40] = rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)
+    return _png(Image.fromarray(arr))
+
+
+@pytest.fixture(scope="module")
+def saliency():
+    return load_handler("saliency", config_overrides=CAPS)
+
+
+@pytest.fixture(scope="module")
+def similarity():
+    return load_handler("similarity")
+
+
+@pytest.fixture(scope="module")
+def library():
+    return load_similarity()
+
+
+def _expected(library, query: bytes, reference: bytes, method="rise", mode="fixed", n_masks=100, seed=0, **kw):
+    model, preprocess = library
+    explainer = make_explainer(model, method, n_masks, seed=seed, batch_size=64, **kw)
+    return explainer.explain(load_image(query, preprocess), load_image(reference, preprocess), mode=mode)
+
+
+def _assert_maps_match(body: dict, expected) -> None:
+    assert body["similarity"] == pytest.approx(expected.similarity, rel=1e-5, abs=1e-6)
+    query = decode_npy(body["saliency"]["query"]["npy"])
+    assert query.dtype == np.float16 and list(query.shape) == body["saliency"]["query"]["shape"]
+    np.testing.assert_allclose(query.astype(np.float32), expected.query_map.numpy(), rtol=1e-3, atol=5e-4)
+    if expected.reference_map is None:
+        assert "reference" not in body["saliency"]
+    else:
+        reference = decode_npy(body["saliency"]["reference"]["npy"])
+        np.testing.assert_allclose(reference.astype(np.float32), expected.reference_map.numpy(), rtol=1e-3, atol=5e-4)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_transport_gives_the_library_result(saliency, library, transport):
+    handler, context = saliency
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    options = {"method": "rise", "mode": "both", "n_masks": 120, "seed": 7, "n_reference_masks": 40}
+    [(status, body)] = run_batch(handler, context, [payload(transport, q, r, options)])
+    assert status == 200, body
+    assert context.get_response_content_type(0) == "application/json"
+    expected = _expected(library, q, r, mode="both", n_masks=120, seed=7, n_reference_masks=40)
+    _assert_maps_match(body, expected)
+    assert body["method"] == "rise" and body["mode"] == "both"
+    assert body["options"]["seed"] == 7 and body["options"]["n_masks"] == 120
+    png = Image.open(io.BytesIO(base64.b64decode(body["saliency"]["query"]["png"])))
+    assert png.format == "PNG" and png.size == (112, 112)
+    assert {"decode", "compute", "encode", "handler", "explain"} <= set(body["timing_ms"])
+    assert "explanations" not in body  # reserved for the `sane` archive
+
+
+def test_responses_hold_no_float_lists(saliency):
+    handler, context = saliency
+    [(status, body)] = run_batch(handler, context, [payload("json", _bytes("query.jpg"), _bytes("reference.jpg"),
+                                                            {"n_masks": 50, "mode": "both"})])
+    assert status == 200
+
+    def floats(node) -> int:
+        if isinstance(node, list):
+            return sum(isinstance(v, float) for v in node) + sum(floats(v) for v in node)
+        if isinstance(node, dict):
+            return sum(floats(v) for v in node.values())
+        return 0
+
+    assert floats(body) == 0
+    assert len(json.dumps(body)) < 200_000  # two 112x112 maps as PNG + float16, base64
+
+
+def test_method_and_seed_are_honoured(saliency, library):
+    handler, context = saliency
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    results = run_batch(handler, context, [
+        payload("multipart", q, r, {"method": "random", "seed": 4, "grid": 5}),
+        payload("multipart", q, r, {"n_masks": 80, "seed": 1}),
+        payload("multipart", q, r, {"n_masks": 80, "seed": 2}),
+    ])
+    assert [s for s, _ in results] == [200, 200, 200]
+    _assert_maps_match(results[0][1], _expected(library, q, r, method="random", seed=4, grid=5))
+    assert results[0][1]["method"] == "random"
+    _assert_maps_match(results[1][1], _expected(library, q, r, n_masks=80, seed=1))
+    _assert_maps_match(results[2][1], _expected(library, q, r, n_masks=80, seed=2))
+    m1, m2 = (decode_npy(b["saliency"]["query"]["npy"]) for _, b in results[1:])
+    assert not np.array_equal(m1, m2)  # different seeds, different masks
+
+
+@pytest.mark.parametrize(("method", "mode", "size"), [("lime", "fixed", "n_samples"), ("mask", "both", "iterations")])
+def test_every_registered_generator_is_served(saliency, library, method, mode, size):
+    """Generators added to the registry are served without handler changes; ``n_masks`` is their size option."""
+    handler, context = saliency
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    [(status, body)] = run_batch(handler, context, [payload("json", q, r, {"method": method, "mode": mode,
+                                                                           "n_masks": 8, "seed": 2})])
+    assert status == 200, body
+    assert body["method"] == method
+    model, preprocess = library
+    explainer = make_explainer(model, method, seed=2, batch_size=64, **{size: 8})
+    _assert_maps_match(body, explainer.explain(load_image(q, preprocess), load_image(r, preprocess), mode=mode))
+
+
+def _bomb() -> bytes:
+    """A tiny PNG that claims 9000 x 9000 pixels (81 MP, above the library's 64 MP limit)."""
+    return _png(Image.new("L", (9000, 9000)))
+
+
+def test_a_batch_with_bad_requests_answers_each_on_its_own(saliency, library):
+    handler, context = saliency
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    q2 = _variant(1)
+    options = {"n_masks": 100, "seed": 3}
+    batch = [
+        payload("multipart", q, r, options),
+        payload("multipart", q, b"\x89PNG\r\n\x1a\n not really a png", options),  # corrupt
+        {"query": bytearray(q), "options": json.dumps(options)},  # missing field
+        payload("grpc", q2, r, options),
+        payload("json", _bomb(), r, options),  # decompression bomb
+        payload("multipart", q, r, {"n_masks": 100_000}),  # over the cap
+    ]
+    results = run_batch(handler, context, batch)
+    statuses = [s for s, _ in results]
+    assert statuses == [200, 400, 400, 200, 413, 400]  # 413: image over the pixel limit
+    assert results[1][1]["field"] == "reference"
+    assert results[2][1] == {"error": "missing field 'reference'", "field": "reference"}
+    assert results[4][1]["field"] == "query" and "pixels" in results[4][1]["error"]
+    assert results[5][1]["field"] == "options.n_masks"
+    _assert_maps_match(results[0][1], _expected(library, q, r, n_masks=100, seed=3))
+    _assert_maps_match(results[3][1], _expected(library, q2, r, n_masks=100, seed=3))
+    for i, status in zip((1, 2, 4, 5), (400, 400, 413, 400)):
+        assert context.get_response_status(i)[0] == status
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"method": "gradcam"}, "options.method"),
+        ({"n_masks": 301}, "options.n_masks"),  # the cap configured for this handler is 300
+        ({"n_masks": 0}, "options.n_masks"),
+        ({"n_masks": "many"}, "options.n_masks"),
+        ({"mode": "query"}, "options.mode"),
+        ({"seed": -1}, "options.seed"),
+        ({"colour": "red"}, "options.colour"),
+        ({"method": "sliding_window", "grid": 4}, "options.grid"),  # does not apply to occlusion
+        ({"p": 1.5}, "options.p"),
+        ({"outputs": ["pdf"]}, "options.outputs"),
+        ({"n_reference_masks": 10_000}, "options.n_reference_masks"),
+        ({"method": "sliding_window", "n_masks": 100}, "options.n_masks"),  # a fixed number of windows
+        ({"method": "lime", "mode": "both"}, "options.mode"),  # refused by the library's LIME
+    ],
+)
+def test_bad_options_are_400_naming_the_field(saliency, options, field):
+    handler, context = saliency
+    [(status, body)] = run_batch(handler, context, [payload("json", _bytes("query.jpg"), _bytes("reference.jpg"), options)])
+    assert status == 400
+    assert body["field"] == field, body
+    assert body["error"]
+
+
+def test_outputs_select_the_encodings(saliency):
+    handler, context = saliency
+    [(status, body)] = run_batch(handler, context, [payload("multipart", _bytes("query.jpg"), _bytes("reference.jpg"),
+                                                                 {"n_masks": 40, "outputs": ["npy"]})])
+    assert status == 200
+    assert set(body["saliency"]["query"]) == {"shape", "npy"}
+
+
+def test_similarity_handler_returns_the_model_similarity_and_embeddings(similarity, library):
+    handler, context = similarity
+    model, preprocess = library
+    q, r, q2 = _bytes("query.jpg"), _bytes("reference.jpg"), _variant(2)
+    results = run_batch(handler, context, [payload("multipart", q, r), payload("json", q2, r),
+                                           payload("grpc", q, b"")])
+    assert [s for s, _ in results] == [200, 200, 400]
+    assert results[2][1]["field"] == "reference"
+    embed = Embedder(model)
+    for (_, body), query in zip(results[:2], (q, q2)):
+        e = embed(torch.stack([load_image(query, preprocess), load_image(r, preprocess)]))
+        assert body["similarity"] == pytest.approx(float(e[0] @ e[1]), abs=1e-5)
+        got = decode_npy(body["embeddings"]["query"]["npy"])
+        assert got.dtype == np.float32 and got.shape == (64,)
+        np.testing.assert_allclose(got, e[0].numpy(), atol=1e-5)
+
+
+def test_request_parsing_names_the_field():
+    with pytest.raises(RequestError) as err:
+        parse_pair_request({"body": {"query": "not base64!", "reference": ""}})
+    assert err.value.field == "query"
+    with pytest.raises(RequestError) as err:
+        parse_pair_request({"query": b"x", "reference": b"y", "options": "{not json"})
+    assert err.value.field == "options"
+    with pytest.raises(RequestError) as err:
+        parse_pair_request({"query": b"x", "refrence": b"y"})
+    assert err.value.field == "refrence"
+    with pytest.raises(RequestError) as err:
+        parse_pair_request({"body": b"\xff\xd8 raw jpeg"})
+    assert err.value.field == "body"
+    ok = parse_pair_request({"query": "text", "reference": bytearray(b"\x00"), "options": b'{"seed": 1}'})
+    assert ok.query == b"text" and ok.reference == b"\x00" and ok.options == {"seed": 1}
+
+
+# -- the batched stream ------------------------------------------------------------------------
+BOX = (8, 24, 36, 56)
+
+
+@pytest.mark.parametrize("method", ["rise", "sliding_window"])
+@pytest.mark.parametrize("mode", ["fixed", "both"])
+def test_batched_stream_equals_request_by_request(method, mode):
+    gen = torch.Generator().manual_seed(5)
+    queries = [torch.randn(3, 64, 64, generator=gen) for _ in range(3)]
+    queries.append(queries[1].clone())  # two requests share a query: the K-reference path
+    references = [torch.randn(3, 64, 64, generator=gen) for _ in range(4)]
+    model = RegionModel(BOX).eval()
+    small = {"windows_per_side": 10, "reference_windows_per_side": 4} if method == "sliding_window" else {}
+    explainer = make_explainer(model, method, 150, seed=11, batch_size=48, **small)
+    assert streams_batches(explainer)
+    batched = explain_pairs(explainer, queries, references, mode)
+    for q, r, got in zip(queries, references, batched):
+        want = explainer.explain(q, r, mode=mode)
+        torch.testing.assert_close(got.query_map, want.query_map, rtol=1e-5, atol=1e-6)
+        assert got.similarity == pytest.approx(want.similarity, abs=1e-6)
+        if mode == "both":
+            torch.testing.assert_close(got.reference_map, want.reference_map, rtol=1e-5, atol=1e-6)
+        else:
+            assert got.reference_map is None
+
+
+def test_batched_stream_is_one_stream_over_the_distinct_queries():
+    gen = torch.Generator().manual_seed(6)
+    queries = [torch.randn(3, 64, 64, generator=gen) for _ in range(3)]
+    queries.append(queries[0].clone())
+    references = [torch.randn(3, 64, 64, generator=gen) for _ in range(4)]
+    counter = CountingModel(RegionModel(BOX)).eval()
+    n, bs = 200, 60
+    explain_pairs(make_explainer(counter, "rise", n, seed=0, batch_size=bs), queries, references, "fixed")
+    # One batch of the 3 + 4 unmodified images, then N masks x 3 distinct queries, 20 masks per batch:
+    # N*U forward passes in full batches of bs, instead of 4 requests x N passes in 4 separate streams.
+    assert counter.batches[0] == 7
+    streamed = counter.batches[1:]
+    assert sum(streamed) == 3 * n
+    assert len(streamed) == n // (bs // 3) and max(streamed) == bs
+
+
+# -- archives and stubs ------------------------------------------------------------------------
+def test_archive_holds_handler_config_weights_and_package(tmp_path):
+    path = build_archive("saliency", tmp_path, config_overrides={"batchSize": 8, "handler": {"max_n_masks": 123}})
+    with zipfile.ZipFile(path) as mar:
+        names = set(mar.namelist())
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        config = mar.read("model-config.yaml").decode()
+    assert manifest["model"]["handler"] == "saliency_handler.py"
+    assert manifest["model"]["serializedFile"] == "similarity_compact.pt"
+    assert {"saliency_handler.py", "similarity_compact.pt", "sane/serving/handler.py",
+            "sane/saliency/engine.py"} <= names
+    assert not any("__pycache__" in n or "weights/" in n for n in names)  # code only; weights explicit
+    assert "batchSize: 8" in config and "max_n_masks: 123" in config and "maxBatchDelay" in config
+
+
+def test_grpc_stubs_are_generated_from_the_torchserve_jar(tmp_path):
+    from sane.serving.grpc_client import build_stubs, load_stubs
+
+    out = build_stubs(tmp_path / "stubs")
+    assert (out / "proto" / "inference.proto").is_file()
+    pb2, pb2_grpc = load_stubs(out)
+    request = pb2.PredictionsRequest(model_name="saliency", input={"query": b"q", "reference": b"r"})
+    assert request.input["query"] == b"q"
+    assert hasattr(pb2_grpc, "InferenceAPIsServiceStub")
+
+
+def test_production_config_keeps_tokens_on_and_the_model_api_off():
+    props = read_properties(ROOT / "config.properties")
+    assert props["disable_token_authorization"] == "false"
+    assert props["enable_model_api"] == "false"
+    assert props["metrics_mode"] == "prometheus"
+    test_props = read_properties(ROOT / "config.test.properties")
+    assert test_props["disable_token_authorization"] == "true"  # explicit, for tests only
+
+
+def test_config_rendering_replaces_keys_and_keeps_the_rest(tmp_path):
+    from sane.serving.commands import _overrides
+    from sane.serving.server import render_properties
+
+    out = render_properties(ROOT / "config.properties", tmp_path / "c.properties",
+                            {"inference_address": "http://127.0.0.1:1234", "initial_worker_port": 9999})
+    base, rendered = read_properties(ROOT / "config.properties"), read_properties(out)
+    assert rendered["inference_address"] == "http://127.0.0.1:1234" and rendered["initial_worker_port"] == "9999"
+    moved = ("inference_address", "initial_worker_port")
+    assert {k: v for k, v in rendered.items() if k not in moved} == {k: v for k, v in base.items() if k not in moved}
+    assert "# TorchServe configuration for production" in out.read_text()
+    assert _overrides(["batchSize=8", "handler.max_n_masks=500", "handler.methods=[rise, lime]"]) == {
+        "batchSize": 8, "handler": {"max_n_masks": 500, "methods": ["rise", "lime"]}}
+
+
+def test_configured_methods_restrict_the_generators(tmp_path):
+    handler, context = load_handler("saliency", config_overrides={"handler": {"methods": ["sliding_window"],
+                                                                              "default_method": "sliding_window"}})
+    [(status, body)] = run_batch(handler, context, [payload("json", _bytes("query.jpg"), _bytes("reference.jpg"),
+                                                            {"method": "rise"})])
+    assert status == 400 and body["field"] == "options.method" and "sliding_window" in body["error"]
+
+
+def test_a_failing_group_does_not_fail_the_rest_of_the_batch(saliency, monkeypatch):
+    handler, context = saliency
+    original = handler.make_explainer
+
+    def broken(options):
+        if options.method == "random":
+            raise RuntimeError("generator crashed")
+        return original(options)
+
+    monkeypatch.setattr(handler, "make_explainer", broken)
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    results = run_batch(handler, context, [payload("multipart", q, r, {"method": "random"}),
+                                           payload("multipart", q, r, {"n_masks": 30})])
+    assert [s for s, _ in results] == [500, 200]
+    assert "generator crashed" in results[0][1]["error"]
+    assert results[1][1]["method"] == "rise"

@@ -1,0 +1,156 @@
+"""A real TorchServe (own TMPDIR, free loopback ports, stopped in teardown) serving both archives:
+served results equal the in-process handler's over HTTP multipart, HTTP JSON and gRPC; a batch with
+a bad request answers it alone; option errors name the field; custom metrics reach Prometheus."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sane.cli import main as sane_main
+from sane.serving.encoding import decode_npy
+from sane.serving.grpc_client import GrpcClient
+from sane.serving.http_client import HttpClient
+from sane.serving.inprocess import load_handler, payload, run_batch
+from sane.serving.server import temporary_server
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small caps and a long batch window, so that concurrent requests land in one batch.
+ARCHIVE = {"batchSize": 4, "maxBatchDelay": 400,
+           "handler": {"max_n_masks": 300, "default_n_masks": 100, "batch_size": 64}}
+
+
+def _bytes(name: str) -> bytes:
+    return (ROOT / "examples" / name).read_bytes()
+
+
+def _variant(seed: int) -> bytes:
+    arr = np.asarray(Image.open(io.BytesIO(_bytes("query.jpg"))).convert("RGB")).copy()
+    arr[60:100, 20:60] = np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("torchserve")
+    with temporary_server(root, ["similarity", "saliency"], ROOT / "config.test.properties", ARCHIVE) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    return HttpClient(server.inference_url, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server, tmp_path_factory):
+    with GrpcClient(server.grpc_address, stubs_dir=tmp_path_factory.mktemp("stubs"), timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def inprocess():
+    return load_handler("saliency", config_overrides=ARCHIVE)
+
+
+def _same(served: dict, local: dict) -> None:
+    """Equal results: similarity to float32 rounding, maps to float16 rounding (both are float16 .npy)."""
+    assert served["similarity"] == pytest.approx(local["similarity"], rel=1e-5, abs=1e-6)
+    assert served["method"] == local["method"] and served["mode"] == local["mode"]
+    assert served["options"] == local["options"]
+    assert set(served["saliency"]) == set(local["saliency"])
+    for side in served["saliency"]:
+        a = decode_npy(served["saliency"][side]["npy"]).astype(np.float32)
+        b = decode_npy(local["saliency"][side]["npy"]).astype(np.float32)
+        assert a.shape == b.shape == (112, 112)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-4)
+
+
+def test_http_multipart_json_and_grpc_equal_in_process(server, http, grpc_client, inprocess):
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    options = {"mode": "both", "n_masks": 100, "seed": 5, "n_reference_masks": 30}
+    [(status, local)] = run_batch(*inprocess, [payload("multipart", q, r, options)])
+    assert status == 200
+    status, multipart = http.request("saliency", q, r, options, body="multipart")
+    assert status == 200, multipart
+    _same(multipart, local)
+    status, as_json = http.request("saliency", q, r, options, body="json", endpoint="explanations")
+    assert status == 200, as_json
+    _same(as_json, local)
+    _same(grpc_client.request("saliency", q, r, options), local)
+
+
+def test_a_batch_with_one_bad_request_answers_it_alone(server, http, inprocess):
+    options = {"n_masks": 100, "seed": 9}
+    pairs = [(_variant(1), _bytes("reference.jpg")), (_variant(2), b"GIF89a broken"),
+             (_bytes("query.jpg"), _bytes("reference.jpg")), (_variant(3), _bytes("reference.jpg"))]
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        served = list(pool.map(lambda p: http.request("saliency", p[0], p[1], options), pairs))
+    assert [s for s, _ in served] == [200, 400, 200, 200], served[1]
+    assert served[1][1]["field"] == "reference" and served[1][1]["error"]
+    local = run_batch(*inprocess, [payload("multipart", q, r, options) for q, r in pairs])
+    for (_, got), (_, want) in zip(served, local):
+        if "error" not in want:
+            _same(got, want)
+    # The concurrent requests were batched (maxBatchDelay 400 ms): responses computed by one handle()
+    # call carry the same timing_ms.compute, the time of the whole batch.
+    computes = [body["timing_ms"]["compute"] for status, body in served if status == 200]
+    assert len(set(computes)) < len(computes), computes
+
+
+def test_option_errors_are_400_with_the_field(server, http, grpc_client):
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    status, body = http.request("saliency", q, r, {"n_masks": 301})
+    assert status == 400 and body["field"] == "options.n_masks" and "301" in body["error"]
+    status, body = http.request("saliency", q, r, {"method": "nope"}, body="json")
+    assert status == 400 and body["field"] == "options.method"
+    status, body = http.request("saliency", q, b"", {"mode": "both"})
+    assert status == 400 and body["field"] == "reference"
+    # gRPC carries the same response bytes (TorchServe 0.12 does not map per-request codes onto gRPC).
+    assert grpc_client.request("saliency", q, r, {"mode": "neither"})["field"] == "options.mode"
+
+
+def test_similarity_archive_serves_the_in_process_result(server, http, grpc_client):
+    handler, context = load_handler("similarity", config_overrides=ARCHIVE)
+    q, r = _variant(4), _bytes("reference.jpg")
+    [(_, local)] = run_batch(handler, context, [payload("json", q, r)])
+    status, served = http.request("similarity", q, r)
+    assert status == 200
+    assert served["similarity"] == pytest.approx(local["similarity"], abs=1e-6)
+    np.testing.assert_allclose(decode_npy(served["embeddings"]["query"]["npy"]),
+                               decode_npy(local["embeddings"]["query"]["npy"]), atol=1e-6)
+    assert grpc_client.request("similarity", q, r)["similarity"] == pytest.approx(local["similarity"], abs=1e-6)
+
+
+def test_sane_request_command_writes_the_heat_maps(server, tmp_path):
+    out = tmp_path / "demo"
+    code = sane_main(["request", str(ROOT / "examples" / "query.jpg"), str(ROOT / "examples" / "reference.jpg"),
+                      "--workdir", server.workdir, "--mode", "both", "--n-masks", "60", "--out", str(out)])
+    assert code == 0
+    for name in ("query_saliency.png", "reference_saliency.png", "query_heatmap.png", "query_saliency.npy",
+                 "reference_saliency.npy", "result.json"):
+        assert (out / name).is_file(), name
+    assert Image.open(out / "query_saliency.png").size == Image.open(ROOT / "examples" / "query.jpg").size
+    result = json.loads((out / "result.json").read_text())
+    assert result["mode"] == "both" and result["options"]["n_masks"] == 60
+
+
+def test_custom_metrics_reach_the_prometheus_endpoint(server):
+    with urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    for name in ("SaneRequestLatency", "SaneMasksPerSecond", "SaneBatchSize"):
+        match = re.search(rf'^{name}\{{ModelName="saliency".*\}} ([0-9.eE+-]+)$', text, re.MULTILINE)
+        assert match, f"{name} missing from /metrics"
+        assert float(match.group(1)) > 0
