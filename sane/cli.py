@@ -61,7 +61,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     report = explain_files(
         args.query, args.reference, args.out, method=args.method, mode=args.mode, model_path=args.model,
-        n_masks=args.n_masks, seed=args.seed, batch_size=args.batch_size, device=args.device, amp=args.amp,
+        n_masks=args.n_masks, n_samples=args.n_samples, iterations=args.iterations, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, amp=args.amp,
     )
     print(f"similarity {report['similarity']:.4f} ({report['method']}, mode={report['mode']}, "
           f"{report['timing_ms']['explain']:.0f} ms)")
@@ -92,7 +93,8 @@ def _cmd_eval_saliency(args: argparse.Namespace) -> int:
     model, preprocess = load_similarity(args.model, args.device)
     table = evaluate_saliency(
         model, preprocess, _ensure_data(args.data), methods=tuple(args.methods), n_pairs=args.pairs,
-        n_masks=args.n_masks, batch_size=args.batch_size, substrate=args.substrate, seed=args.seed,
+        n_masks=args.n_masks, n_samples=args.n_samples, iterations=args.iterations, batch_size=args.batch_size,
+        substrate=args.substrate, seed=args.seed,
     )
     print(format_saliency_table(table))
     _write_json(args.out, table)
@@ -151,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", default="out", help="directory for the PNG overlays and result.json")
     _model_options(explain)
     explain.add_argument("--n-masks", type=int, default=2000, help="RISE masks")
+    explain.add_argument("--n-samples", type=int, default=None, help="LIME samples (default 1000)")
+    explain.add_argument("--iterations", type=int, default=None, help="learned-mask steps (default 500)")
     explain.add_argument("--seed", type=int, default=0)
     explain.add_argument("--amp", action="store_true", help="mixed precision forward passes")
     explain.set_defaults(func=_cmd_explain)
@@ -169,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_sal.add_argument("--methods", nargs="+", default=["rise", "sliding_window", "random"], choices=METHODS)
     eval_sal.add_argument("--pairs", type=int, default=50)
     eval_sal.add_argument("--n-masks", type=int, default=1000)
+    eval_sal.add_argument("--n-samples", type=int, default=None, help="LIME samples (default 1000)")
+    eval_sal.add_argument("--iterations", type=int, default=None, help="learned-mask steps (default 500)")
     eval_sal.add_argument("--substrate", default="constant", choices=["constant", "blur"])
     eval_sal.add_argument("--seed", type=int, default=0)
     eval_sal.add_argument("--out", default="results/eval_saliency.json", help="JSON table path ('' to skip)")

@@ -231,15 +231,15 @@ def test_average_precision_matches_scikit_learn():
 
 
 class Interrupting(nn.Module):
-    """Raises KeyboardInterrupt on forward call number ``after`` + 1, like a Ctrl-C mid-run."""
+    """Raises KeyboardInterrupt once more than ``after`` images have been forwarded, like a Ctrl-C mid-run."""
 
     def __init__(self, inner: nn.Module, after: int):
         super().__init__()
-        self.inner, self.after, self.calls = inner, after, 0
+        self.inner, self.after, self.seen = inner, after, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls > self.after:
+        self.seen += len(x)
+        if self.seen > self.after:
             raise KeyboardInterrupt
         return self.inner(x)
 
@@ -250,10 +250,9 @@ PER_IMAGE = 1 + 2 + 16  # images forwarded per cached image: query, its 2 refere
 
 def test_cache_resumes_after_an_interruption_without_recomputing(shapes, similarity, tmp_path):
     pre = Preprocess(SMALL)
-    # 3 forward calls per image (query, references, one batch of masks): stop inside image 7, i.e. in
-    # the second chunk of four.
+    # Stop inside image 7 (counted in images forwarded), i.e. in the second chunk of four.
     with pytest.raises(KeyboardInterrupt):
-        build_saliency_cache(shapes, tmp_path / "c", Interrupting(similarity, 3 * 6 + 1), pre, **CACHE)
+        build_saliency_cache(shapes, tmp_path / "c", Interrupting(similarity, 6 * PER_IMAGE + 1), pre, **CACHE)
     assert len(SaliencyCache(tmp_path / "c")) == 4  # only the first chunk made it to disk
     counting = CountingModel(similarity)
     build_saliency_cache(shapes, tmp_path / "c", counting, pre, **CACHE)

@@ -109,6 +109,18 @@ def test_model_parameters_are_neither_updated_nor_given_gradients(pair):
         assert torch.equal(p, old) and p.grad is None and p.requires_grad
 
 
+def test_works_when_the_caller_disabled_gradients(pair):
+    query, reference = pair
+    model = RegionModel(BOX).eval()
+    expected = LearnedMask(model, iterations=10).explain(query, reference).query_map
+    with torch.inference_mode():
+        q, r = query.clone(), reference.clone()  # inference tensors
+        got = LearnedMask(model, iterations=10).explain(q, r).query_map
+    with torch.no_grad():
+        also = LearnedMask(model, iterations=10).explain(query, reference).query_map
+    assert torch.equal(got, expected) and torch.equal(also, expected)
+
+
 def test_k_references_give_k_maps(pair):
     query, reference = pair
     model = RegionModel(BOX).eval()

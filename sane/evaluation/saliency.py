@@ -34,6 +34,8 @@ def evaluate_saliency(
     methods: tuple[str, ...] = ("rise", "sliding_window", "random"),
     n_pairs: int = 50,
     n_masks: int = 1000,
+    n_samples: int | None = None,
+    iterations: int | None = None,
     batch_size: int = 256,
     substrate: str = "constant",
     split: str = "test",
@@ -52,7 +54,9 @@ def evaluate_saliency(
     tensor_pairs = [(items[q]["image"], items[r]["image"]) for q, r in pairs]
     table = {}
     for name in methods:
-        explainer = make_explainer(model, name, n_masks, batch_size=batch_size, seed=seed)
+        explainer = make_explainer(
+            model, name, n_masks, n_samples=n_samples, iterations=iterations, batch_size=batch_size, seed=seed
+        )
         maps, seconds = [], []
         for q, r in tqdm(tensor_pairs, desc=f"explaining ({name})", disable=not progress):
             start = time.perf_counter()

@@ -52,12 +52,17 @@ def explain_images(
     method: str = "rise",
     mode: str = "fixed",
     n_masks: int = 2000,
+    n_samples: int | None = None,
+    iterations: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
     amp: bool = False,
 ) -> SaliencyResult:
     """Saliency for two RGB PIL images with a loaded model."""
-    explainer = make_explainer(model, method, n_masks, seed=seed, batch_size=batch_size, amp=amp)
+    explainer = make_explainer(
+        model, method, n_masks, n_samples=n_samples, iterations=iterations, seed=seed, batch_size=batch_size,
+        amp=amp,
+    )
     return explainer.explain(preprocess.to_tensor(query), preprocess.to_tensor(reference), mode=mode)
 
 

@@ -102,52 +102,101 @@ class PerturbationExplainer:
 
     def _stream(
         self,
-        image: torch.Tensor,
-        substrate: torch.Tensor,
+        images: torch.Tensor,
         masks: torch.Tensor,
-        targets: torch.Tensor | None,
+        owner: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
         condition=None,
         keep_embeddings: bool = False,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Embed ``image`` under every mask, ``batch_size`` at a time.
+        """Embed each of U ``images`` (U, 3, H, W) under every mask (N, H, W): one stream, every forward
+        batch holding ``batch_size // U`` masks applied to all U images.
 
-        With ``targets`` (K, D) the map numerator/coverage is accumulated on the fly and the
-        (K, H*W) map returned; the masked embeddings themselves are returned when ``keep_embeddings``.
+        With ``targets`` (B, D) and ``owner`` (B,) — map b explains image ``owner[b]`` against
+        ``targets[b]`` — the (B, H*W) maps are accumulated on the fly; with ``keep_embeddings`` the
+        (U, N, D) masked embeddings are returned too.
         """
-        bs = self.embedder.batch_size
-        hw = masks.shape[-2] * masks.shape[-1]
         dev = self.device
-        num = torch.zeros((len(targets), hw), device=dev) if targets is not None else None
-        cov = torch.zeros(hw, device=dev)
+        u, n = len(images), len(masks)
+        hw = masks.shape[-2] * masks.shape[-1]
+        per_step = max(1, self.embedder.batch_size // u)  # masks per forward batch
+        images = images.to(dev)
+        subs = torch.stack([make_substrate(img, self.substrate).expand_as(img) for img in images])
+        delta = images - subs
+        num = cov = None
+        if targets is not None:
+            owner, targets = owner.to(dev), targets.to(dev)
+            num = torch.zeros((len(targets), hw), device=dev)
+            cov = torch.zeros(hw, device=dev)
         kept = []
-        image = image.to(dev)
-        substrate = substrate.to(dev)
-        delta = image - substrate
-        batches = range(0, len(masks), bs)
+        steps = range(0, n, per_step)
         if self.progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc=self.method, unit="batch", leave=False)
+            steps = tqdm(steps, desc=self.method, unit="batch", leave=False)
         # One reused buffer for the masked images: no fresh batch-sized allocation per step.
-        buffer = torch.empty((min(bs, len(masks)), *image.shape), device=dev, dtype=image.dtype)
-        for start in batches:
-            m = masks[start : start + bs]
-            x = torch.addcmul(substrate, delta, m[:, None], out=buffer[: len(m)])  # sub + (img - sub) * M
-            e = self.embedder._forward(x, condition)
+        buffer = torch.empty((u, min(per_step, n), *images.shape[1:]), device=dev, dtype=images.dtype)
+        for start in steps:
+            m = masks[start : start + per_step]
+            c = len(m)
+            x = torch.addcmul(subs[:, None], delta[:, None], m[None, :, None], out=buffer[:, :c])
+            e = self.embedder._forward(x.reshape(u * c, *images.shape[1:]), condition).reshape(u, c, -1)
             if keep_embeddings:
                 kept.append(e)
             if targets is not None:
-                self._accumulate(num, cov, self._score(e @ targets.T), m)
+                scores = torch.einsum("bcd,bd->cb", e[owner], targets)  # (c, B): each map's own target
+                self._accumulate(num, cov, self._score(scores), m)
         maps = num / cov.clamp_min(1e-6) if num is not None else None
-        return maps, (torch.cat(kept) if keep_embeddings else None)
+        return maps, (torch.cat(kept, 1) if keep_embeddings else None)
 
-    def _map_from_embeddings(self, embeddings: torch.Tensor, target: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """(H*W,) map from already-computed masked embeddings (M, D) scored against one target (D,)."""
+    def _maps_from_embeddings(
+        self, embeddings: torch.Tensor, owner: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, H*W) maps from masked embeddings (U, M, D): map b scores ``embeddings[owner[b]]``
+        against ``targets[b]``; no forward passes."""
         hw = masks.shape[-2] * masks.shape[-1]
-        num = torch.zeros((1, hw), device=self.device)
+        num = torch.zeros((len(targets), hw), device=self.device)
         cov = torch.zeros(hw, device=self.device)
-        self._accumulate(num, cov, self._score(embeddings @ target[:, None]), masks)
-        return (num / cov.clamp_min(1e-6))[0]
+        scores = torch.einsum("bmd,bd->mb", embeddings[owner.to(embeddings.device)], targets)
+        self._accumulate(num, cov, self._score(scores), masks)
+        return num / cov.clamp_min(1e-6)
+
+    def _explain_stream(
+        self,
+        queries: torch.Tensor,
+        q_owner: torch.Tensor,
+        references: torch.Tensor,
+        r_owner: torch.Tensor,
+        mode: str,
+        condition=None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict[str, float]]:
+        """B maps of distinct queries (U, 3, H, W) and references (V, 3, H, W): pair b is
+        (queries[q_owner[b]], references[r_owner[b]]). Returns query maps (B, H, W), reference maps
+        (B, H, W) or None, similarities (B,) and timings."""
+        t_start = time.perf_counter()
+        dev = self.device
+        q_owner, r_owner = q_owner.to(dev), r_owner.to(dev)
+        h, w = queries.shape[-2:]
+        emb = self.embedder(torch.cat([queries, references]).to(dev), condition)  # unmodified images
+        q_emb, r_emb = emb[: len(queries)][q_owner], emb[len(queries) :][r_owner]  # (B, D) per pair
+        similarity = (q_emb * r_emb).sum(1)
+        qmasks = self.query_masks((h, w))
+        t_masks = time.perf_counter()
+        ref_maps = None
+        if mode == "fixed":
+            qmaps, _ = self._stream(queries, qmasks, q_owner, r_emb, condition)
+        else:
+            rmasks = self.reference_masks((h, w))
+            _, ref_embs = self._stream(references, rmasks, condition=condition, keep_embeddings=True)  # (V, R, D)
+            # mean_j s(q_i, r_j) = q_i . mean_j r_j: one target per pair serves all N query masks.
+            qmaps, _ = self._stream(queries, qmasks, q_owner, ref_embs.mean(1)[r_owner], condition)
+            # Reference maps score the masked references against the unmodified query. Averaging over
+            # the masked queries instead favours half-masked references (s(q_i, r_j) peaks where r_j
+            # is masked as much as q_i): on the tests' RegionModel it missed the region at 1000 masks.
+            ref_maps = self._maps_from_embeddings(ref_embs, r_owner, q_emb, rmasks).reshape(-1, h, w).float().cpu()
+        qmaps = qmaps.reshape(-1, h, w).float().cpu()
+        timings = {"setup_ms": (t_masks - t_start) * 1e3, "total_ms": (time.perf_counter() - t_start) * 1e3}
+        return qmaps, ref_maps, similarity.cpu(), timings
 
     def explain(
         self, query: torch.Tensor, reference: torch.Tensor, mode: str = "fixed", condition=None
@@ -156,48 +205,67 @@ class PerturbationExplainer:
         if mode not in MODES:
             raise InputError(f"mode must be one of {MODES}, got {mode!r}", "mode")
         q, refs, batched = check_pair(query, reference)
-        t_start = time.perf_counter()
-        dev = self.device
-        q, refs = q.to(dev), refs.to(dev)
-        h, w = q.shape[-2:]
-        q_emb = self.embedder(q[None], condition)[0]
-        r_emb = self.embedder(refs, condition)
-        similarity = r_emb @ q_emb
-        qmasks = self.query_masks((h, w))
-        t_masks = time.perf_counter()
-        q_sub = make_substrate(q, self.substrate)
-        ref_maps = None
-        if mode == "fixed":
-            qmaps, _ = self._stream(q, q_sub, qmasks, r_emb, condition)
-        else:
-            rmasks = self.reference_masks((h, w))
-            ref_embs = torch.stack(
-                [
-                    self._stream(r, make_substrate(r, self.substrate), rmasks, None, condition, True)[1]
-                    for r in refs
-                ]
-            )  # (K, R, D)
-            # mean_j s(q_i, r_kj) = q_i . mean_j r_kj: one target per reference serves all N query masks.
-            qmaps, _ = self._stream(q, q_sub, qmasks, ref_embs.mean(1), condition)
-            # Reference maps score the masked references against the unmodified query. Averaging over
-            # the masked queries instead favours half-masked references (s(q_i, r_j) peaks where r_j
-            # is masked as much as q_i): on the tests' RegionModel it missed the region at 1000 masks.
-            ref_maps = torch.stack([self._map_from_embeddings(e, q_emb, rmasks) for e in ref_embs])
-            ref_maps = ref_maps.reshape(len(refs), h, w).float().cpu()
-        qmaps = qmaps.reshape(len(refs), h, w).float().cpu()
-        t_end = time.perf_counter()
+        k = len(refs)
+        qmaps, ref_maps, similarity, timings = self._explain_stream(
+            q[None], torch.zeros(k, dtype=torch.long), refs, torch.arange(k), mode, condition
+        )
         if not batched:
             qmaps = qmaps[0]
             ref_maps = ref_maps[0] if ref_maps is not None else None
-        sim_out = similarity.cpu() if batched else float(similarity[0])
+        sim_out = similarity if batched else float(similarity[0])
         return SaliencyResult(
             query_map=qmaps,
             reference_map=ref_maps,
             similarity=sim_out,
             method=self.method,
             mode=mode,
-            timings={
-                "setup_ms": (t_masks - t_start) * 1e3,
-                "total_ms": (t_end - t_start) * 1e3,
-            },
+            timings=timings,
         )
+
+    def explain_pairs(
+        self, queries: list[torch.Tensor], references: list[torch.Tensor], mode: str = "fixed", condition=None
+    ) -> list[SaliencyResult]:
+        """Explain B (query, reference) pairs as ONE stream of masked images (a served batch).
+
+        Each forward batch holds the same masks applied to every distinct query; pairs that share a
+        query share its stream (the K-reference path). Equal, up to float rounding, to calling
+        :meth:`explain` pair by pair. All images are (3, H, W) of one size.
+        """
+        if len(queries) != len(references):
+            raise InputError(f"{len(queries)} queries but {len(references)} references", "reference")
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}", "mode")
+        for q, r in zip(queries, references):
+            check_pair(q, r)
+        if len({tuple(t.shape) for t in (*queries, *references)}) != 1:
+            raise InputError("all queries and references of a batch must have one size", "reference")
+        uq, q_owner = _distinct(queries)
+        ur, r_owner = _distinct(references)
+        qmaps, ref_maps, similarity, timings = self._explain_stream(
+            torch.stack(uq), q_owner, torch.stack(ur), r_owner, mode, condition
+        )
+        return [
+            SaliencyResult(
+                query_map=qmaps[b],
+                reference_map=ref_maps[b] if ref_maps is not None else None,
+                similarity=float(similarity[b]),
+                method=self.method,
+                mode=mode,
+                timings=dict(timings),
+            )
+            for b in range(len(queries))
+        ]
+
+
+def _distinct(images: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Distinct images (by value) and, for each input, the index of its distinct image."""
+    seen: dict[tuple, int] = {}
+    unique: list[torch.Tensor] = []
+    index = []
+    for image in images:
+        key = (tuple(image.shape), image.detach().cpu().contiguous().numpy().tobytes())
+        if key not in seen:
+            seen[key] = len(unique)
+            unique.append(image)
+        index.append(seen[key])
+    return unique, torch.tensor(index, dtype=torch.long)

@@ -151,16 +151,19 @@ class LearnedMask(PerturbationExplainer):
         h, w = q.shape[-2:]
         both = mode == "both"
         n_masks = 2 * b if both else b  # query masks first, then reference masks
-        masks = torch.ones((n_masks, 1, self.mask_size, self.mask_size), device=self.device, requires_grad=True)
-        opt = torch.optim.Adam([masks], lr=self.lr)
-        q_bg = self.background(q)
-        r_bg = torch.stack([self.background(r) for r in refs]) if both else None
         steps = range(self.iterations)
         if self.progress:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc=self.method, unit="step", leave=False)
-        with torch.enable_grad():
+        # Gradients are needed even when the caller runs under no_grad or inference_mode; inference
+        # tensors cannot be saved for backward, hence the clones.
+        with torch.inference_mode(False), torch.enable_grad():
+            q, refs, r_emb = q.clone(), refs.clone(), r_emb.clone()
+            q_bg = self.background(q)
+            r_bg = torch.stack([self.background(r) for r in refs]) if both else None
+            masks = torch.ones((n_masks, 1, self.mask_size, self.mask_size), device=self.device, requires_grad=True)
+            opt = torch.optim.Adam([masks], lr=self.lr)
             for _ in steps:
                 up = F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False)
                 if both:
