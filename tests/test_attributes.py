@@ -363,3 +363,14 @@ def test_cli_caches_trains_and_evaluates(shapes, similarity, tmp_path, capsys):
     assert report["n_images"] == 12 and 0 <= report["groups"]["colour"]["pointing_game"] <= 1
     assert report["saliency_agreement"]["n_images"] == 16 and 0 <= report["saliency_agreement"]["L_hm"] <= 1
     assert load_attributes(tmp_path / "fashionsearchnet.pt")[0].kind == "fashionsearchnet"
+
+
+def test_best_f1_thresholds_cut_where_f1_peaks():
+    from sane.train.attributes import best_f1_thresholds, positive_median_thresholds
+
+    scores = torch.tensor([[0.9, 1.0], [0.8, 1.0], [0.3, 1.0], [0.2, 1.0], [0.1, 1.0]])
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    # Keeping the top 4 gives F1 2*3/(4+3) = 0.857, the best cut: between 0.2 and 0.1. No positives: 0.
+    assert best_f1_thresholds(scores, labels) == pytest.approx([0.15, 0.0])
+    # The paper's median of positives (0.8) would drop the positive scored 0.2.
+    assert positive_median_thresholds(scores, labels)[0] == pytest.approx(0.8)

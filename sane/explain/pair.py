@@ -8,13 +8,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch import nn
 
 from sane.errors import InputError
+from sane.explain.ranker import AttributeExplanation, AttributeRanker, load_prior
 from sane.heatmap import save_overlay
 from sane.images import Preprocess, open_image
 from sane.models import load_similarity
+from sane.models.attributes import load_attributes
 from sane.saliency import GENERATORS, SaliencyResult
 
 # Each generator's own size option: how many perturbations (or steps) one map costs.
@@ -74,15 +77,30 @@ def explain_files(
     mode: str = "fixed",
     model_path: str | os.PathLike | None = None,
     device: str = "cpu",
+    attributes: bool = True,
+    top_k: int = 5,
+    attribute_model: str | os.PathLike | None = None,
+    prior: str | os.PathLike | dict | None = None,
     **options,
 ) -> dict:
-    """Explain two image files; write heat-map overlays (PNG), raw maps (.npy) and result.json to ``out``."""
+    """Explain two image files; write heat-map overlays (PNG), raw maps (.npy) and result.json to ``out``.
+
+    With ``attributes`` the query's top_k attributes (SPEC §4, :class:`AttributeRanker`) for the
+    run's query map go into result.json as ``explanations``: ``attribute_model`` is an attribute
+    checkpoint (default: the bundled SANE model), ``prior`` a prior JSON file or dict (default uniform).
+    """
+    if attributes and top_k < 1:
+        raise InputError(f"top_k must be >= 1, got {top_k}", "top_k")
     start = time.perf_counter()
     q_img, r_img = open_image(query, "query"), open_image(reference, "reference")
     model, preprocess = load_similarity(model_path, device)
     t_loaded = time.perf_counter()
     result = explain_images(model, preprocess, q_img, r_img, method=method, mode=mode, **options)
     t_explained = time.perf_counter()
+    explanations = None
+    if attributes:
+        explanations = rank_attributes(q_img, result.query_map, top_k, attribute_model, prior, device)
+    t_ranked = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = []
@@ -102,9 +120,28 @@ def explain_files(
         "timing_ms": {
             "load": (t_loaded - start) * 1e3,
             "explain": (t_explained - t_loaded) * 1e3,
+            **({"attributes": (t_ranked - t_explained) * 1e3} if attributes else {}),
             **{k: round(v, 3) for k, v in result.timings.items()},
         },
         "files": files + ["result.json"],
     }
+    if explanations is not None:
+        report["explanations"] = [e.to_dict() for e in explanations]
     (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def rank_attributes(
+    query: Image.Image,
+    query_map: torch.Tensor,
+    top_k: int = 5,
+    attribute_model: str | os.PathLike | None = None,
+    prior: str | os.PathLike | dict | None = None,
+    device: str = "cpu",
+) -> list[AttributeExplanation]:
+    """The query image's top_k :class:`AttributeExplanation` for its (H, W) saliency map."""
+    model, preprocess = load_attributes(attribute_model, device)
+    if prior is not None and not isinstance(prior, dict):
+        prior = load_prior(prior)
+    ranker = AttributeRanker(model, prior=prior)
+    return ranker.rank(preprocess.to_tensor(query), query_map, top_k)

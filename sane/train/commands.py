@@ -53,6 +53,16 @@ def _cmd_train_attributes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_attributes(args: argparse.Namespace) -> int:
+    """Recompute the presence thresholds of an attribute checkpoint."""
+    from sane.train.attributes import calibrate_attributes
+
+    thresholds = calibrate_attributes(args.model, args.data, args.calibration, args.val_fraction, args.seed,
+                                      args.out, progress=not args.quiet)
+    print(f"wrote {len(thresholds)} {args.calibration} thresholds to {args.out or args.model}")
+    return 0
+
+
 def _cmd_eval_attributes(args: argparse.Namespace) -> int:
     """mAP and activation-map pointing game of an attribute model on held-out images."""
     from sane.evaluation.attributes import evaluate_attributes, format_attribute_report, saliency_agreement
@@ -123,3 +133,14 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default=None, help="also write the report as JSON here")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_eval_attributes)
+
+    cal = sub.add_parser("calibrate-attributes", help="recompute an attribute model's presence thresholds")
+    cal.add_argument("--model", required=True, help="attribute checkpoint (rewritten in place unless --out)")
+    cal.add_argument("--data", default=DEFAULT_DATA)
+    cal.add_argument("--calibration", default="f1", choices=["f1", "median"],
+                     help="f1: best F1 on validation images (default); median: median score of positives (paper)")
+    cal.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.add_argument("--out", default=None)
+    cal.add_argument("--quiet", action="store_true")
+    cal.set_defaults(func=_cmd_calibrate_attributes)
