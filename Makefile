@@ -21,7 +21,7 @@ install: $(BIN)/sane
 demo: install
 	$(BIN)/sane archive
 	$(BIN)/sane serve --restart
-	$(BIN)/sane request examples/query.jpg examples/reference.jpg --out out/demo
+	$(BIN)/sane request examples/query.jpg examples/reference.jpg --archive sane --out out/demo
 	@echo "TorchServe is still running (HTTP :8080, gRPC :7070, token in out/serve/key_file.json)."
 	@echo "Stop it with: make stop   (or: .venv/bin/sane serve --stop)"
 

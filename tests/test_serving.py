@@ -1,4 +1,4 @@
-"""A real TorchServe (own TMPDIR, free loopback ports, stopped in teardown) serving both archives:
+"""A real TorchServe (own TMPDIR, free loopback ports, stopped in teardown) serving the three archives:
 served results equal the in-process handler's over HTTP multipart, HTTP JSON and gRPC; a batch with
 a bad request answers it alone; option errors name the field; custom metrics reach Prometheus."""
 
@@ -45,7 +45,7 @@ def _variant(seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchserve")
-    with temporary_server(root, ["similarity", "saliency"], ROOT / "config.test.properties", ARCHIVE) as info:
+    with temporary_server(root, ["similarity", "saliency", "sane"], ROOT / "config.test.properties", ARCHIVE) as info:
         yield info
 
 
@@ -132,6 +132,25 @@ def test_similarity_archive_serves_the_in_process_result(server, http, grpc_clie
     np.testing.assert_allclose(decode_npy(served["embeddings"]["query"]["npy"]),
                                decode_npy(local["embeddings"]["query"]["npy"]), atol=1e-6)
     assert grpc_client.request("similarity", q, r)["similarity"] == pytest.approx(local["similarity"], abs=1e-6)
+
+
+def test_sane_archive_serves_the_in_process_maps_and_explanations(server, http, grpc_client):
+    handler, context = load_handler("sane", config_overrides=ARCHIVE)
+    q, r = _variant(5), _bytes("reference.jpg")
+    options = {"n_masks": 64, "seed": 2, "top_k": 4}
+    [(status, local)] = run_batch(handler, context, [payload("json", q, r, options)])
+    assert status == 200 and len(local["explanations"]) == 4
+    status, served = http.request("sane", q, r, options)
+    assert status == 200, served
+    for body in (served, grpc_client.request("sane", q, r, options)):
+        _same(body, local)
+        assert [e["attribute"] for e in body["explanations"]] == [e["attribute"] for e in local["explanations"]]
+        for got, want in zip(body["explanations"], local["explanations"]):
+            assert got["present"] == want["present"]
+            for key in ("score", "confidence", "match", "prior"):
+                assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (got["attribute"], key)
+    status, body = http.request("sane", q, r, {"n_masks": 8, "top_k": 0}, body="json")
+    assert status == 400 and body["field"] == "options.top_k"
 
 
 def test_sane_request_command_writes_the_heat_maps(server, tmp_path):

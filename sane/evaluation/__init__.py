@@ -1,13 +1,20 @@
-"""Evaluations that combine models, data and metrics: similarity quality and saliency quality."""
+"""Evaluations that combine models, data and metrics: similarity, saliency, attributes, explanations."""
 
+from sane.evaluation.attribute_explanations import evaluate_explanations, format_explanation_table
+from sane.evaluation.attributes import evaluate_attributes, format_attribute_report, saliency_agreement
 from sane.evaluation.saliency import evaluate_saliency, format_saliency_table
 from sane.evaluation.similarity import counterfactual_table, embed_images, evaluate_similarity, recall_at_k
 
 __all__ = [
     "counterfactual_table",
     "embed_images",
+    "evaluate_attributes",
+    "evaluate_explanations",
     "evaluate_saliency",
     "evaluate_similarity",
+    "format_attribute_report",
+    "format_explanation_table",
     "format_saliency_table",
     "recall_at_k",
+    "saliency_agreement",
 ]

@@ -2,8 +2,8 @@
 
 Each archive is one handler file from ``handlers/``, its model-config.yaml, the similarity weights
 as the serialized file and the ``sane`` package as extra files (the worker imports the archive's own
-copy: TorchServe puts the unpacked archive first on the worker's PYTHONPATH). A new archive (the
-`sane` archive of the attribute ranker) is one more entry in :data:`ARCHIVES`.
+copy: TorchServe puts the unpacked archive first on the worker's PYTHONPATH). The `sane` archive
+also carries the attribute model as an extra file; a new archive is one more entry in :data:`ARCHIVES`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ ARCHIVES: dict[str, ArchiveSpec] = {
                               "embeddings and similarity scores of image pairs"),
     "saliency": ArchiveSpec("saliency", "saliency_handler.py", "saliency.yaml",
                             "similarity + saliency maps (any registered generator)"),
+    "sane": ArchiveSpec("sane", "sane_handler.py", "sane.yaml",
+                        "similarity + saliency maps + the query's top-k attribute explanations",
+                        extra_files=("sane/models/weights/attributes_sane.pt",)),
 }
-DEFAULT_ARCHIVES = ("similarity", "saliency")
+DEFAULT_ARCHIVES = ("similarity", "saliency", "sane")
 
 
 def repo_root() -> Path:

@@ -163,6 +163,8 @@ def write_response(response: dict, out: str | Path, query_path: str, reference_p
     lines = [f"similarity {response['similarity']:.4f}"
              + (f" ({response['method']}, mode={response['mode']}, "
                 f"{response['timing_ms'].get('handler', 0):.0f} ms in the handler)" if "method" in response else "")]
+    lines += [f"  {e['attribute']:<12} score {e['score']:.4f} (confidence {e['confidence']:.3f}, "
+              f"match {e['match']:.3f}, prior {e['prior']:.3f})" for e in response.get("explanations") or []]
     return lines + [f"wrote {out / name}" for name in written]
 
 
@@ -197,7 +199,7 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     request = sub.add_parser("request", help="send one explanation request to a running server; write heat maps")
     request.add_argument("query", help="query image file")
     request.add_argument("reference", help="reference image file")
-    request.add_argument("--archive", default="saliency", help="archive to ask (saliency, similarity, ...)")
+    request.add_argument("--archive", default="saliency", help="archive to ask (saliency, sane, similarity)")
     request.add_argument("--url", default=None, help="HTTP inference URL (default: from --workdir's server.json)")
     request.add_argument("--grpc", nargs="?", const="", default=None, metavar="HOST:PORT",
                          help="use gRPC instead of HTTP (address default: from server.json)")

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -28,7 +28,7 @@ from sane.images import load_image
 from sane.models import load_similarity
 from sane.serving.config import ServingConfig
 from sane.serving.metrics import HandlerMetrics
-from sane.serving.request import parse_pair_request
+from sane.serving.request import PairRequest, parse_pair_request
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class PreparedPair:
     reference: torch.Tensor
     options: Any
     decode_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # further inputs an archive decodes (``prepare``)
 
 
 class ServingHandler:
@@ -86,12 +87,7 @@ class ServingHandler:
             t = time.perf_counter()
             try:
                 pair = parse_pair_request(raw)
-                options = self.parse_options(pair.options)
-                item = PreparedPair(
-                    load_image(pair.query, self.preprocess, "query"),
-                    load_image(pair.reference, self.preprocess, "reference"),
-                    options,
-                )
+                item = self.prepare(pair, self.parse_options(pair.options))
                 item.decode_ms = (time.perf_counter() - t) * 1e3
                 prepared[idx] = item
             except InputError as exc:
@@ -133,6 +129,14 @@ class ServingHandler:
         return responses
 
     # -- what an archive defines -------------------------------------------------------------
+    def prepare(self, pair: PairRequest, options: Any) -> PreparedPair:
+        """Decode a parsed request's images into model-ready tensors (an archive may add ``extra`` inputs)."""
+        return PreparedPair(
+            load_image(pair.query, self.preprocess, "query"),
+            load_image(pair.reference, self.preprocess, "reference"),
+            options,
+        )
+
     def parse_options(self, options: dict[str, Any]) -> Any:
         """Validate the request's options (raise :class:`RequestError` naming the field)."""
         raise NotImplementedError

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from sane.models import default_weights_path
-from sane.serving.archive import ARCHIVES, handlers_dir, load_model_config, merge_config
+from sane.serving.archive import ARCHIVES, handlers_dir, load_model_config, merge_config, repo_root
 
 
 def make_context(model_name: str, model_dir: str, serialized_file: str, model_yaml: dict[str, Any]):
@@ -61,6 +61,8 @@ def load_handler(
     model_dir = tempfile.mkdtemp(prefix=f"sane-inprocess-{archive}-")
     (Path(model_dir) / "model-config.yaml").write_text(yaml.safe_dump(model_yaml))
     os.symlink(weights.resolve(), Path(model_dir) / weights.name)
+    for rel in spec.extra_files:  # what the archive carries beside the weights, at its root
+        os.symlink((repo_root() / rel).resolve(), Path(model_dir) / Path(rel).name)
     context = make_context(archive, model_dir, weights.name, model_yaml)
     handler = _handler_class(hdir / spec.handler)()
     handler.initialize(context)

@@ -1,1 +1,1 @@
-"""Training loops (similarity model now; attribute models later)."""
+"""Training loops: the similarity model, the saliency cache and the attribute models."""

@@ -1,0 +1,154 @@
+"""Attribute insertion/deletion (SPEC §5) and its check against the exact counterfactual (SPEC §6)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sane.cli import main
+from sane.data import ATTRIBUTES, random_scene, render, write_dataset
+from sane.evaluation.attribute_explanations import (
+    METHODS,
+    _ranker_picks,
+    averaged_predictions,
+    best_factor,
+    counterfactual_deltas,
+    nearest_in_prediction_space,
+    retrieval_delta,
+)
+from sane.explain.ranker import AttributeRanker
+from sane.models import Embedder, load_similarity
+from sane.models.attributes import RandomAttributes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster than two fighting for a shared CPU (and restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class FirstTwoChannels(nn.Module):
+    """Embeds an image as the means of its first two channels: constant images give known cosines."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3))[:, :2]
+
+
+def constant(c0: float, c1: float) -> torch.Tensor:
+    return torch.tensor([c0, c1, 0.0]).view(3, 1, 1).expand(3, 8, 8).clone()
+
+
+def test_delta_by_hand_with_a_constructed_similarity_model():
+    # q = (1, 0) and r = (0, 1) are orthogonal: s(q, r) = 0. Database colours and their s(x, r):
+    # (1,1) -> 1/sqrt2, (0,1) -> 1, (1,0) -> 0.
+    colours = [(1, 1), (0, 1), (1, 0), (1, 1), (1, 0), (0, 1)]
+    emb = Embedder(FirstTwoChannels().eval())(torch.stack([constant(*c) for c in colours] + [constant(1, 0), constant(0, 1)]))
+    db, q, r = emb[:6].numpy(), emb[6].numpy(), emb[7].numpy()
+    sim_to_r, s_qr = db @ r, float(q @ r)
+    assert s_qr == pytest.approx(0.0, abs=1e-6)
+    has = np.array([1, 1, 0, 0, 0, 0], dtype=bool)  # attribute 0
+    pred_q = np.array([0.9, 0.5, 0.5])
+    preds = np.array([[0.9, 0.5, 0.6], [0.9, 0.5, 0.55], [0.1, 0.9, 0.9], [0.1, 0.6, 0.5], [0.1, 0.55, 0.5],
+                      [0.1, 0.7, 0.5]])
+    # Deletion: lacking attribute 0 are rows 2..5; nearest two (column 0 left out) are 4 (0.05) and 3 (0.1).
+    d, idx = retrieval_delta(sim_to_r, s_qr, pred_q, preds, ~has, k=2, ignore=0)
+    assert sorted(idx.tolist()) == [3, 4]
+    assert d == pytest.approx((1 / math.sqrt(2) + 0) / 2 - 0, abs=1e-6)
+    # K larger than the pool takes the whole pool: rows 2..5 -> (0 + 1/sqrt2 + 0 + 1) / 4.
+    d, idx = retrieval_delta(sim_to_r, s_qr, pred_q, preds, ~has, k=5, ignore=0)
+    assert sorted(idx.tolist()) == [2, 3, 4, 5]
+    assert d == pytest.approx((1 / math.sqrt(2) + 1) / 4, abs=1e-6)
+    # Insertion: rows having attribute 0 (0 and 1): (1/sqrt2 + 1) / 2.
+    d, idx = retrieval_delta(sim_to_r, s_qr, pred_q, preds, has, k=5, ignore=0)
+    assert sorted(idx.tolist()) == [0, 1] and d == pytest.approx((1 / math.sqrt(2) + 1) / 2, abs=1e-6)
+    # Nothing qualifies: NaN, no rows.
+    d, idx = retrieval_delta(sim_to_r, s_qr, pred_q, preds, np.zeros(6, dtype=bool))
+    assert math.isnan(d) and len(idx) == 0
+
+
+def test_retrieval_takes_the_nearest_images_lacking_or_having_the_attribute():
+    rng = np.random.default_rng(0)
+    preds = rng.random((200, 6))
+    labels = rng.random((200, 6)) < 0.4
+    pred_q = rng.random(6)
+    cols = [1, 2, 3, 4, 5]
+    for candidates in (~labels[:, 0], labels[:, 0]):
+        idx = nearest_in_prediction_space(pred_q, preds, candidates, k=5, ignore=0)
+        assert len(idx) == 5 and candidates[idx].all()
+        dist = np.linalg.norm(preds[:, cols] - pred_q[cols], axis=1)
+        others = np.setdiff1d(np.flatnonzero(candidates), idx)
+        assert dist[idx].max() <= dist[others].min()
+    # Column 0 is left out: an image differing from q only there is at distance 0, the nearest.
+    preds[7] = pred_q
+    preds[7, 0] = pred_q[0] + 5
+    labels[7, 0] = False
+    assert nearest_in_prediction_space(pred_q, preds, ~labels[:, 0], k=1, ignore=0).tolist() == [7]
+    assert nearest_in_prediction_space(pred_q, preds, ~labels[:, 0], k=1).tolist() != [7]
+
+
+def test_predictions_are_averaged_over_models_by_attribute_name():
+    images = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    a, b = RandomAttributes(["x", "y"], seed=1), RandomAttributes(["y", "z"], seed=2)
+    out = averaged_predictions([a, b], [images, images], ["x", "y", "z", "w"])
+    za, zb = a(images)[0].sigmoid().numpy(), b(images)[0].sigmoid().numpy()
+    np.testing.assert_allclose(out[:, 0], za[:, 0], atol=1e-6)
+    np.testing.assert_allclose(out[:, 1], (za[:, 1] + zb[:, 0]) / 2, atol=1e-6)
+    np.testing.assert_allclose(out[:, 2], zb[:, 1], atol=1e-6)
+    np.testing.assert_allclose(out[:, 3], 0.5)
+
+
+def test_rankers_delete_a_predicted_present_attribute_and_insert_an_absent_one():
+    model = RandomAttributes(list(ATTRIBUTES), seed=0)
+    ranker = AttributeRanker(model)
+    query = torch.randn(3, 48, 48, generator=torch.Generator().manual_seed(3))
+    saliency = torch.rand(48, 48, generator=torch.Generator().manual_seed(4))
+    deletion, insertion = _ranker_picks(ranker, query, saliency)
+    t = ranker.terms(query, saliency)
+    present = {a for a, on in zip(ATTRIBUTES, (t["z"] >= 0).tolist()) if on}
+    assert deletion in present and insertion not in present
+    absent = [i for i, a in enumerate(ATTRIBUTES) if a not in present]
+    assert insertion == ATTRIBUTES[max(absent, key=lambda i: float(t["score"][i]))]
+    # Insertion may be limited to attributes the database has; none insertable: no pick.
+    worst = ATTRIBUTES[min(absent, key=lambda i: float(t["score"][i]))]
+    assert _ranker_picks(ranker, query, saliency, {worst, deletion}) == (deletion, worst)
+    assert _ranker_picks(ranker, query, saliency, set(present)) == (deletion, None)
+
+
+def test_counterfactually_best_factor_of_the_bundled_model_is_shape_or_colour():
+    model, pre = load_similarity()
+    embedder = Embedder(model, 64)
+    rng = np.random.default_rng(0)
+
+    bests = []
+    for _ in range(4):
+        q = random_scene(rng)
+        r = random_scene(rng, shape=q.shape, colour=q.colour)
+        deltas = counterfactual_deltas(embedder, pre, q, pre.to_tensor(render(r, pre.size).image), 3, rng)
+        assert set(deltas) == {"shape", "colour", "pattern", "size", "position", "background"}
+        bests.append(best_factor(deltas))
+    assert set(bests) <= {"shape", "colour"}
+
+
+def test_command_runs_end_to_end_and_prints_the_table(tmp_path, capsys):
+    write_dataset(tmp_path / "shapes", 84, image_size=112, progress=False)
+    out = tmp_path / "report.json"
+    assert main(["eval-explanations", "--data", str(tmp_path / "shapes"), "--pairs", "3", "--n-masks", "20",
+                 "--k", "3", "--draws", "1", "--batch-size", "32", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "insertion ↑" in printed and "deletion ↓" in printed and "counterfactual top-1 ↑" in printed
+    assert "Spearman" in printed
+    for method in METHODS:
+        assert method in printed
+    report = json.loads(out.read_text())
+    assert report["n_pairs"] == 3 and set(report["methods"]) == set(METHODS)
+    for row in report["methods"].values():
+        assert 0 <= row["counterfactual_top1"] <= 1 and row["n_deletion"] == row["n_insertion"] == 3
+    assert sum(report["best_factor_counts"].values()) == 3 and report["agreement"]["n_items"] > 0
