@@ -42,6 +42,15 @@ def inside(box: tuple[int, int, int, int], flat_index: int, width: int) -> bool:
     return box[0] <= y < box[1] and box[2] <= x < box[3]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is faster than two fighting for a shared CPU (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def image64() -> torch.Tensor:
     return torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -25,14 +25,7 @@ from sane.explain.ranker import AttributeRanker
 from sane.models import Embedder, load_similarity
 from sane.models.attributes import RandomAttributes
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two fighting for a shared CPU (and restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 class FirstTwoChannels(nn.Module):

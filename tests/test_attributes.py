@@ -32,13 +32,7 @@ from sane.train.validation_split import validation_split
 SMALL = 48  # image side of the test data: 6x6 activation maps with the compact trunk
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than two fighting for a shared CPU (and restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
 
 @pytest.fixture(scope="module")
