@@ -211,3 +211,16 @@ def test_sane_explain_writes_explanations(tmp_path, capsys):
     off = tmp_path / "off"
     assert main(["explain", str(QUERY), str(REFERENCE), "--out", str(off), "--n-masks", "50", "--no-attributes"]) == 0
     assert "explanations" not in json.loads((off / "result.json").read_text())
+
+
+def test_estimate_prior_command_writes_a_prior_that_explain_accepts(tmp_path):
+    from sane.data import write_dataset
+
+    data = tmp_path / "shapes"
+    write_dataset(data, 420, seed=2, progress=False)  # 10 per class: 2 held out each, enough for pairs
+    assert main(["estimate-prior", "--data", str(data), "--pairs", "6", "--out", str(tmp_path / "p.json")]) == 0
+    prior = load_prior(tmp_path / "p.json")
+    assert set(prior) == set(ATTRIBUTES) and all(0 < p < 1 for p in prior.values())
+    # The bundled similarity model matches on shape and colour: only those factors earn credit.
+    credited = {a for a, p in prior.items() if p > min(prior.values())}
+    assert credited and {ATTRIBUTE_FACTORS[a] for a in credited} <= {"shape", "colour"}

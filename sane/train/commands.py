@@ -63,6 +63,29 @@ def _cmd_calibrate_attributes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_estimate_prior(args: argparse.Namespace) -> int:
+    """SPEC §4's prior from exact counterfactuals on held-out training-class scenes."""
+    import numpy as np
+
+    from sane.data import AttributeDataset
+    from sane.explain.ranker import estimate_prior_counterfactual, save_prior
+    from sane.models import load_similarity
+    from sane.train.validation_split import validation_split
+
+    model, preprocess = load_similarity(args.model, args.device)
+    dataset = AttributeDataset(args.data, split="train", preprocess=preprocess)
+    if dataset.scenes is None:
+        raise ValueError(f"{args.data} has no scenes.jsonl: the counterfactual prior needs synthetic data")
+    held_out = np.flatnonzero(validation_split(dataset.targets, args.val_fraction, args.seed))
+    prior = estimate_prior_counterfactual(model, preprocess, [dataset.scenes[i] for i in held_out],
+                                          n_pairs=args.pairs, seed=args.seed)
+    save_prior(args.out, prior)
+    top = sorted(prior.items(), key=lambda kv: -kv[1])[:8]
+    print("highest priors: " + ", ".join(f"{a} {p:.3f}" for a, p in top))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _cmd_eval_attributes(args: argparse.Namespace) -> int:
     """mAP and activation-map pointing game of an attribute model on held-out images."""
     from sane.evaluation.attributes import evaluate_attributes, format_attribute_report, saliency_agreement
@@ -155,6 +178,16 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", default=None, help="also write the report as JSON here")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_eval_attributes)
+
+    pri = sub.add_parser("estimate-prior", help="prior of each attribute being the best explanation (synthetic data)")
+    pri.add_argument("--data", default=DEFAULT_DATA)
+    pri.add_argument("--model", default=None, help="similarity checkpoint (default: bundled)")
+    pri.add_argument("--pairs", type=int, default=200)
+    pri.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    pri.add_argument("--seed", type=int, default=0)
+    pri.add_argument("--device", default="cpu")
+    pri.add_argument("--out", required=True, help="JSON file for `sane explain --prior`")
+    pri.set_defaults(func=_cmd_estimate_prior)
 
     cal = sub.add_parser("calibrate-attributes", help="recompute an attribute model's presence thresholds")
     cal.add_argument("--model", required=True, help="attribute checkpoint (rewritten in place unless --out)")
