@@ -4,7 +4,7 @@ For a same-class pair (q, r) of the test split each method picks one attribute o
 
 - **Random**: a uniformly drawn attribute that q has (deletion) / lacks (insertion), by its labels.
 - **Attribute Classifier** / **SANE**: the top-1 of :class:`AttributeRanker` over that model (uniform
-  prior), given q's fixed-reference RISE map. Deletion ranks the attributes predicted present (the
+  prior unless ``prior`` is given), given q's fixed-reference RISE map. Deletion ranks the attributes predicted present (the
   ranker's candidates); insertion — which SPEC §5 leaves open — ranks, by the same score
   ``w·conf + (1−w)·match``, the attributes the model does *not* predict present.
 
@@ -175,6 +175,7 @@ def evaluate_explanations(
     seed: int = 0,
     batch_size: int = 128,
     progress: bool = True,
+    prior: dict[str, float] | None = None,
 ) -> dict:
     """Insertion/deletion (x100) and counterfactual top-1 per method, plus the metric's agreement with Δ_cf.
 
@@ -206,8 +207,8 @@ def evaluate_explanations(
     embedder = Embedder(similarity_model, batch_size)
     emb = embedder(images_sim).numpy()
     rise = RISE(similarity_model, n_masks=n_masks, batch_size=batch_size, seed=seed)
-    rankers = {"Attribute Classifier": ("classifier", AttributeRanker(attribute_models["classifier"][0])),
-               "SANE": ("sane", AttributeRanker(attribute_models["sane"][0]))}
+    rankers = {"Attribute Classifier": ("classifier", AttributeRanker(attribute_models["classifier"][0], prior=prior)),
+               "SANE": ("sane", AttributeRanker(attribute_models["sane"][0], prior=prior))}
     col = {a: j for j, a in enumerate(attributes)}
 
     pairs = _pairs_by_index(sim_data.targets, n_pairs, rng)

@@ -107,6 +107,7 @@ def _cmd_eval_attributes(args: argparse.Namespace) -> int:
 def _cmd_eval_explanations(args: argparse.Namespace) -> int:
     """Attribute insertion/deletion of Random, the classifier and SANE, against the exact counterfactual."""
     from sane.evaluation.attribute_explanations import evaluate_explanations, format_explanation_table
+    from sane.explain.ranker import load_prior
     from sane.models import load_similarity
     from sane.models.attributes import default_attribute_weights, load_attributes
 
@@ -117,7 +118,8 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
     }
     report = evaluate_explanations(similarity, preprocess, attribute_models, args.data, split=args.split,
                                    n_pairs=args.pairs, n_masks=args.n_masks, k=args.k, draws=args.draws,
-                                   seed=args.seed, batch_size=args.batch_size, progress=not args.quiet)
+                                   seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+                                   prior=load_prior(args.prior) if args.prior else None)
     print(format_explanation_table(report))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +213,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
     exp.add_argument("--k", type=int, default=5, help="images retrieved per insertion/deletion")
     exp.add_argument("--draws", type=int, default=3, help="counterfactual renders averaged per factor")
+    exp.add_argument("--prior", default=None, help="ranker prior JSON (sane estimate-prior); default uniform")
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--batch-size", type=int, default=128)
     exp.add_argument("--device", default="cpu")
