@@ -17,7 +17,7 @@ from torch import nn
 from sane.errors import InputError
 from sane.saliency.engine import MODES, PerturbationExplainer, check_pair
 from sane.saliency.result import SaliencyResult
-from sane.substrate import gaussian_blur, make_substrate
+from sane.substrate import make_substrate
 
 PERTURBATIONS = ("blur", "deletion", "noise")
 
@@ -84,8 +84,7 @@ class LearnedMask(PerturbationExplainer):
     def background(self, image: torch.Tensor) -> torch.Tensor:
         """What a deleted pixel of ``image`` shows (for 'noise': the substrate the noise is added to)."""
         if self.perturbation == "blur":
-            h, w = image.shape[-2:]
-            return gaussian_blur(image, max(h, w) / 20 if self.blur_sigma is None else float(self.blur_sigma))
+            return make_substrate(image, "blur", blur_sigma=self.blur_sigma)
         return make_substrate(image, self.substrate).expand_as(image)
 
     def explain(
