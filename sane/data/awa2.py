@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from sane.data.synthetic import Scene
 from sane.images import Preprocess, open_image
@@ -173,6 +174,16 @@ class AttributeDataset(Dataset):
             size = self.preprocess.size
             resized = mask.convert("L").resize((size, size), Image.NEAREST)
         return torch.from_numpy(np.asarray(resized) >= 128)
+
+    def stack_images(self, indices=None, progress: bool = False) -> torch.Tensor:
+        """Decode the images at ``indices`` (default: all) into one (n, 3, H, W) tensor, once, so
+        training and evaluation loops cost no further JPEG decoding."""
+        indices = range(len(self)) if indices is None else [int(i) for i in indices]
+        size = self.preprocess.size
+        images = torch.empty((len(indices), 3, size, size))
+        for row, i in enumerate(tqdm(indices, desc="loading images", disable=not progress)):
+            images[row] = self[i]["image"]
+        return images
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Sample ``index`` as {image, label, attributes, index} (+ mask when asked for and available)."""

@@ -193,14 +193,13 @@ def evaluate_explanations(
     attributes = list(sim_data.attributes)
     labels = sim_data.image_attributes.astype(bool)
     n = len(sim_data)
-    images_sim = torch.stack([sim_data[i]["image"] for i in tqdm(range(n), desc="loading images", disable=not progress)])
+    images_sim = sim_data.stack_images(progress=progress)
     images_attr: dict[str, torch.Tensor] = {}
     for name, (_, pre) in attribute_models.items():
         if pre == similarity_preprocess:
             images_attr[name] = images_sim
         else:
-            data = AttributeDataset(data_dir, split=split, preprocess=pre)
-            images_attr[name] = torch.stack([data[i]["image"] for i in range(n)])
+            images_attr[name] = AttributeDataset(data_dir, split=split, preprocess=pre).stack_images()
     names = list(attribute_models)
     preds = averaged_predictions([attribute_models[m][0] for m in names], [images_attr[m] for m in names], attributes,
                                  batch_size)

@@ -92,7 +92,7 @@ def saliency_agreement(
     dataset = AttributeDataset(data_dir, split=cache.manifest["split"], preprocess=preprocess)
     maps16, valid = cache.aligned(dataset)
     rows = np.flatnonzero(valid.any(1).numpy())
-    images = torch.stack([dataset[int(i)]["image"] for i in rows])
+    images = dataset.stack_images(rows)
     _, maps = predict_attributes(model, images, batch_size)
     targets = saliency_target(maps16[rows].float(), tuple(maps.shape[-2:]), tau)
     positives = torch.from_numpy(dataset.image_attributes[rows])

@@ -72,8 +72,7 @@ def evaluate_similarity(
 ) -> dict:
     """recall@1 on the held-out split, plus the counterfactual table when scenes are available."""
     dataset = AttributeDataset(data_dir, split=split, preprocess=preprocess)
-    images = torch.stack([dataset[i]["image"] for i in tqdm(range(len(dataset)), desc="loading",
-                                                             disable=not progress)])
+    images = dataset.stack_images(progress=progress)
     report = {
         "split": split,
         "n_images": len(dataset),

@@ -31,7 +31,6 @@ class PairRequest:
     query: bytes
     reference: bytes
     options: dict[str, Any] = field(default_factory=dict)
-    transport: str = "multipart"  # multipart | json (for logs and tests; never changes the result)
 
 
 def _as_bytes(value: Any, name: str) -> bytes:
@@ -107,7 +106,6 @@ def parse_pair_request(data: dict[str, Any]) -> PairRequest:
             query=_b64(body["query"], "query"),
             reference=_b64(body["reference"], "reference"),
             options=parse_options(body.get("options")),
-            transport="json",
         )
     _check_fields(set(data))
     return PairRequest(

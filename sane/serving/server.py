@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -103,7 +103,6 @@ class ServerInfo:
     metrics_url: str
     grpc_address: str
     token_auth: bool
-    started_at: float = field(default_factory=time.time)
 
     @classmethod
     def from_config(cls, workdir: Path, pid: int, config: Path, models: list[str], token_auth: bool) -> ServerInfo:

@@ -29,7 +29,6 @@ from sane.models.attributes import (
 )
 from sane.train.heatmap_loss import DEFAULT_TAU, heatmap_loss, saliency_target
 from sane.train.saliency_cache import SaliencyCache
-from sane.train.similarity import load_images
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 
 TRAINABLE = ("sane", "classifier", "fashionsearchnet")
@@ -90,8 +89,7 @@ def calibrate_attributes(
     dataset = AttributeDataset(data_dir, split="train", preprocess=preprocess)
     is_val = validation_split(dataset.targets, val_fraction, seed)
     val_idx = np.flatnonzero(is_val)
-    images = torch.stack([dataset[int(i)]["image"] for i in tqdm(val_idx, desc="validation images",
-                                                                 disable=not progress)])
+    images = dataset.stack_images(val_idx, progress)
     labels = torch.from_numpy(dataset.image_attributes[val_idx].astype(np.float32))
     scores, _ = predict_attributes(model, images)
     thresholds = CALIBRATIONS[calibration](scores, labels)
@@ -153,7 +151,7 @@ def train_attributes(
     torch.manual_seed(seed)
     preprocess = Preprocess(image_size)
     dataset = AttributeDataset(data_dir, split="train", preprocess=preprocess)
-    images, targets = load_images(dataset, progress)
+    images, targets = dataset.stack_images(progress=progress), np.asarray(dataset.targets)
     labels = torch.from_numpy(dataset.image_attributes.astype(np.float32))
     is_val = validation_split(targets, val_fraction, seed)
     train_idx = np.flatnonzero(~is_val)

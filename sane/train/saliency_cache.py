@@ -168,7 +168,7 @@ def build_saliency_cache(
                 chosen = sample_references(targets, pool, int(index), refs, seed)
                 if len(chosen):
                     query = dataset[int(index)]["image"]
-                    references = torch.stack([dataset[int(j)]["image"] for j in chosen])
+                    references = dataset.stack_images(chosen)
                     result = rise.explain(query, references)  # one stream of N masks for all references
                     small = F.adaptive_avg_pool2d(result.query_map[:, None], size)[:, 0]
                     ref_index[row, : len(chosen)] = chosen

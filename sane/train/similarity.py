@@ -15,14 +15,6 @@ from sane.models import build_embedding, save_similarity
 from sane.train.triplet import pk_batches, triplet_loss
 
 
-def load_images(dataset: AttributeDataset, progress: bool = True) -> tuple[torch.Tensor, np.ndarray]:
-    """Decode a whole (small) data set once into one tensor: training then costs no JPEG decoding."""
-    images = torch.empty((len(dataset), 3, dataset.preprocess.size, dataset.preprocess.size))
-    for i in tqdm(range(len(dataset)), desc="loading images", disable=not progress):
-        images[i] = dataset[i]["image"]
-    return images, np.asarray(dataset.targets)
-
-
 def train_similarity(
     data_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -49,7 +41,7 @@ def train_similarity(
     torch.manual_seed(seed)
     preprocess = Preprocess(image_size)
     dataset = AttributeDataset(data_dir, split="train", preprocess=preprocess)
-    images, labels = load_images(dataset, progress)
+    images, labels = dataset.stack_images(progress=progress), np.asarray(dataset.targets)
     model = build_embedding(arch, dim, weights).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
