@@ -64,8 +64,10 @@ class PerturbationExplainer:
         channels_last: bool = False,
         device: str | torch.device | None = None,
         progress: bool = False,
+        fuse: bool = False,
+        compile: bool = False,
     ):
-        self.embedder = Embedder(model, batch_size, amp, channels_last, device)
+        self.embedder = Embedder(model, batch_size, amp, channels_last, device, fuse, compile)
         self.seed = int(seed)
         self.substrate = substrate
         self.progress = progress

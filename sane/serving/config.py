@@ -18,8 +18,9 @@ class ServingConfig:
 
     device: str = "auto"  # auto (the worker's GPU if any, else CPU) | cpu | cuda | cuda:N
     batch_size: int = 256  # images per forward pass of the backbone (the engine's batch_size)
-    amp: bool = False  # mixed-precision forward passes (GPU)
-    channels_last: bool = False
+    amp: bool = False  # mixed-precision forward passes (bf16 on CPU, fp16 on GPU; maps change slightly)
+    channels_last: bool = False  # NHWC batches (faster convolutions on CPU and on tensor cores)
+    fuse: bool = False  # fold BatchNorm into the convolutions once at load (same function, faster forwards)
     threads: int | None = None  # torch intra-op threads in the worker (None: torch's default)
     default_method: str = "rise"
     default_mode: str = "fixed"
@@ -55,6 +56,9 @@ class ServingConfig:
                 f"model-config handler.default_n_masks ({self.default_n_masks}) exceeds max_n_masks "
                 f"({self.max_n_masks})"
             )
+        for name in ("amp", "channels_last", "fuse"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model-config handler.{name} must be true or false, got {getattr(self, name)!r}")
         if self.default_mode not in ("fixed", "both"):
             raise ValueError(f"model-config handler.default_mode must be fixed or both, got {self.default_mode!r}")
 

@@ -26,6 +26,7 @@ import torch
 from sane.errors import InputError
 from sane.images import load_image
 from sane.models import load_similarity
+from sane.models.optimize import prepare_for_inference
 from sane.serving.config import ServingConfig
 from sane.serving.metrics import HandlerMetrics
 from sane.serving.request import PairRequest, parse_pair_request
@@ -66,6 +67,8 @@ class ServingHandler:
             torch.set_num_threads(int(self.config.threads))
         self.device = self.config.resolve_device(props.get("gpu_id"))
         self.model, self.preprocess = load_similarity(self.model_path(context), self.device)
+        # Once per worker: BN folded into the convs (+ NHWC weights), shared by every request's explainer.
+        self.model = prepare_for_inference(self.model, self.config.fuse, self.config.channels_last)
         self.metrics = HandlerMetrics(context)
         self.initialized = True
         logger.info("%s handler ready on %s (%s)", self.archive, self.device, self.config)

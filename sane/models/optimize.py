@@ -1,0 +1,62 @@
+"""Inference-time model rewrites that keep the function: BatchNorm folded into its convolution.
+
+RISE, sliding window and LIME spend nearly all their time in forward passes of one model on
+thousands of perturbed images, so the per-forward cost is the explainer's cost. Folding each
+eval-mode BatchNorm into the convolution before it removes a full pass over every activation map;
+with ``channels_last`` memory and bf16 autocast (the Embedder's ``channels_last`` and ``amp``) the
+default model's forward on CPU is several times faster (``bench/table1.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` contains any BatchNorm layer (nothing to fuse otherwise)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def fuse_conv_bn(model: nn.Module) -> nn.Module:
+    """A copy of eval-mode ``model`` with every Conv2d → BatchNorm2d pair folded into one Conv2d.
+
+    The fused model computes the same function (up to float rounding, ~1e-6 relative) and supports
+    gradients (the learned mask optimises through it). The original is left untouched. Models that
+    torch.fx cannot trace (TorchScript, data-dependent control flow) and models without BatchNorm
+    are returned unchanged, with a warning in the first case. A model in training mode is an error:
+    folding uses the running statistics, which only eval mode uses.
+    """
+    if model.training:
+        raise ValueError("fuse_conv_bn needs an eval-mode model (call model.eval()): BN folding uses running stats")
+    if isinstance(model, torch.jit.ScriptModule) or not has_batchnorm(model):
+        if isinstance(model, torch.jit.ScriptModule):
+            warnings.warn("TorchScript model: conv-BN fusion skipped (torch.fx cannot trace it)", stacklevel=2)
+        return model
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        fused = fuse(copy.deepcopy(model))
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "run the model as it is"
+        warnings.warn(f"conv-BN fusion skipped: torch.fx could not trace the model ({exc})", stacklevel=2)
+        return model
+    # fx's GraphModule drops plain attributes that the library reads (e.g. EmbeddingNet.dim, .arch).
+    for name in ("dim", "arch", "attributes"):
+        if hasattr(model, name) and not hasattr(fused, name):
+            setattr(fused, name, getattr(model, name))
+    return fused.eval()
+
+
+def prepare_for_inference(model: nn.Module, fuse: bool = False, channels_last: bool = False) -> nn.Module:
+    """``model`` with BN folded (``fuse``) and, when that made a copy, its weights NHWC (``channels_last``).
+
+    The caller's model is never modified: without fusion it is returned as it is (inputs are still
+    made NHWC by the Embedder; only a private copy gets NHWC weights).
+    """
+    prepared = fuse_conv_bn(model) if fuse else model
+    if channels_last and prepared is not model:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    return prepared
