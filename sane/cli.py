@@ -62,7 +62,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     report = explain_files(
         args.query, args.reference, args.out, method=args.method, mode=args.mode, model_path=args.model,
         n_masks=args.n_masks, n_samples=args.n_samples, iterations=args.iterations, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, amp=args.amp, attributes=args.attributes,
+        batch_size=args.batch_size, device=args.device, amp=args.amp, fast=args.fast, attributes=args.attributes,
         top_k=args.top_k, attribute_model=args.attribute_model, prior=args.prior,
     )
     print(f"similarity {report['similarity']:.4f} ({report['method']}, mode={report['mode']}, "
@@ -161,11 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--iterations", type=int, default=None, help="learned-mask steps (default 500)")
     explain.add_argument("--seed", type=int, default=0)
     explain.add_argument("--amp", action="store_true", help="mixed precision forward passes")
+    explain.add_argument("--fast", action="store_true",
+                         help="BatchNorm folded into the convs + NHWC + mixed precision (several x faster on CPU)")
     explain.add_argument("--attributes", action=argparse.BooleanOptionalAction, default=True,
                          help="rank the query's attributes as explanations (SPEC §4; default on)")
     explain.add_argument("--top-k", type=int, default=5, help="how many attributes to report")
     explain.add_argument("--attribute-model", default=None, help="attribute checkpoint (default: bundled SANE)")
-    explain.add_argument("--prior", default=None, help="attribute prior JSON (name -> probability; default uniform)")
+    explain.add_argument("--prior", default=None, help="attribute prior JSON (name -> probability), or 'uniform' "
+                         "(default: the attribute model's tuned prior, if any)")
     explain.set_defaults(func=_cmd_explain)
 
     eval_sim = sub.add_parser("eval-similarity", help="recall@1 and the counterfactual table")

@@ -1,7 +1,13 @@
-"""Data sets: the synthetic "Shapes with Attributes", AwA2-format loaders and pair lists."""
+"""Data sets: the synthetic "Shapes with Attributes", AwA2 and Polyvore Outfits loaders, pair lists.
+
+:func:`open_dataset` reads a directory in either layout; every training and evaluation step uses it.
+"""
 
 from sane.data.awa2 import AttributeDataset
+from sane.data.formats import detect_format, open_dataset
+from sane.data.labelled import LabelledImageDataset
 from sane.data.pairs import Pair, make_pairs, read_pairs, write_pairs
+from sane.data.polyvore import PolyvoreDataset, outfit_pairs
 from sane.data.synthetic import (
     ATTRIBUTES,
     BACKGROUNDS,
@@ -33,11 +39,16 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "AttributeDataset",
+    "LabelledImageDataset",
     "Pair",
+    "PolyvoreDataset",
     "Rendered",
     "Scene",
     "counterfactual",
+    "detect_format",
     "make_pairs",
+    "open_dataset",
+    "outfit_pairs",
     "random_scene",
     "read_pairs",
     "render",

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
+from sane.data.labelled import LabelledImageDataset
 from sane.data.synthetic import Scene
-from sane.images import Preprocess, open_image
+from sane.images import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test", "all")
@@ -62,13 +60,15 @@ def _read_matrix(path: Path, rows: int, cols: int) -> np.ndarray:
     return matrix.astype(np.uint8)
 
 
-class AttributeDataset(Dataset):
+class AttributeDataset(LabelledImageDataset):
     """Images with class labels and binary attributes from an AwA2-format directory.
 
     Per-image attributes come from ``instance-attributes.txt`` when present (the synthetic set), else
     from the image's class row of ``predicate-matrix-binary.txt`` (real AwA2). Labels index
     :attr:`classes`, the full class list, so train and test labels never collide.
     """
+
+    format = "awa2"
 
     def __init__(
         self,
@@ -118,10 +118,6 @@ class AttributeDataset(Dataset):
             self.root / "masks" if with_masks and (self.root / "masks").is_dir() else None
         )
 
-    def relative_path(self, index: int) -> str:
-        """Path of sample ``index`` relative to the root, with forward slashes."""
-        return Path(self.samples[index][0]).relative_to(self.root).as_posix()
-
     def _image_attributes(self) -> np.ndarray:
         """(N, A) uint8 attributes: instance-level when the directory has them, class-level otherwise."""
         path = self.root / "instance-attributes.txt"
@@ -159,10 +155,6 @@ class AttributeDataset(Dataset):
                 raise ValueError(f"{path}:{number}: bad scene record: {exc}") from exc
         return [by_path.get(self.relative_path(i)) for i in range(len(self.samples))]
 
-    def __len__(self) -> int:
-        """Number of images in the split."""
-        return len(self.samples)
-
     def _mask(self, index: int) -> torch.Tensor:
         """Ground-truth object mask of sample ``index``, resized (nearest) to the model input size."""
         assert self.mask_dir is not None
@@ -174,26 +166,3 @@ class AttributeDataset(Dataset):
             size = self.preprocess.size
             resized = mask.convert("L").resize((size, size), Image.NEAREST)
         return torch.from_numpy(np.asarray(resized) >= 128)
-
-    def stack_images(self, indices=None, progress: bool = False) -> torch.Tensor:
-        """Decode the images at ``indices`` (default: all) into one (n, 3, H, W) tensor, once, so
-        training and evaluation loops cost no further JPEG decoding."""
-        indices = range(len(self)) if indices is None else [int(i) for i in indices]
-        size = self.preprocess.size
-        images = torch.empty((len(indices), 3, size, size))
-        for row, i in enumerate(tqdm(indices, desc="loading images", disable=not progress)):
-            images[row] = self[i]["image"]
-        return images
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """Sample ``index`` as {image, label, attributes, index} (+ mask when asked for and available)."""
-        path, label = self.samples[index]
-        item: dict[str, Any] = {
-            "image": self.preprocess.to_tensor(open_image(path, field=f"sample {index}")),
-            "label": label,
-            "attributes": torch.from_numpy(self.image_attributes[index].astype(np.float32)),
-            "index": index,
-        }
-        if self.mask_dir is not None:
-            item["mask"] = self._mask(index)
-        return item

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 if TYPE_CHECKING:
-    from sane.data.awa2 import AttributeDataset
+    from sane.data.labelled import LabelledImageDataset
 
 
 class Pair(NamedTuple):
@@ -50,7 +50,7 @@ def write_pairs(path: str | Path, pairs: list[Pair]) -> None:
 
 
 def make_pairs(
-    dataset: AttributeDataset, n: int, seed: int = 0, positive_fraction: float = 0.5
+    dataset: LabelledImageDataset, n: int, seed: int = 0, positive_fraction: float = 0.5
 ) -> list[Pair]:
     """Draw ``n`` random pairs from a data set (positive = same class), paths relative to its root."""
     if n < 0 or not 0.0 <= positive_fraction <= 1.0:

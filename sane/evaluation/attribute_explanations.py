@@ -3,8 +3,9 @@
 For a same-class pair (q, r) of the test split each method picks one attribute of q:
 
 - **Random**: a uniformly drawn attribute that q has (deletion) / lacks (insertion), by its labels.
-- **Attribute Classifier** / **SANE**: the top-1 of :class:`AttributeRanker` over that model (uniform
-  prior unless ``prior`` is given), given q's fixed-reference RISE map. Deletion ranks the attributes predicted present (the
+- **Attribute Classifier** / **FashionSearchNet** (when given) / **SANE**: the top-1 of
+  :class:`AttributeRanker` over that model (its checkpoint's tuned prior, w and γ unless ``prior``
+  is given; ``"uniform"`` for none), given q's fixed-reference RISE map. Deletion ranks the attributes predicted present (the
   ranker's candidates); insertion — which SPEC §5 leaves open — ranks, by the same score
   ``w·conf + (1−w)·match``, the attributes the model does *not* predict present.
 
@@ -16,7 +17,8 @@ Deleting a: the K nearest database images to q in attribute-prediction space (si
 over the attribute models, attribute a's own column left out so all *other* attributes are kept as
 equal as possible) among those lacking a (by their labels); Δ = mean_k s(x_k, r) − s(q, r), lower =
 better. Inserting a: the same among images having a; higher = better. The database is the evaluated
-split without q and r. Reported x100.
+split without q and r; on Polyvore Outfits only images of q's item type (its semantic category, the
+class) qualify, as SPEC §5 asks. Reported x100.
 
 Ground truth (SPEC §6): q is re-rendered from its scene with one factor changed (``draws`` random new
 values averaged), Δ_cf(factor) = s(q_cf, r) − s(q, r). The counterfactually best explanation is the
@@ -26,12 +28,16 @@ between the retrieval deletion Δ and Δ_cf over all (pair, present attribute) i
 within a pair, which ignores how pairs differ from each other) says how well the retrieval metric
 agrees with the truth; ``retrieval_top1`` is how often the attribute with the most negative retrieval
 deletion Δ is in the counterfactually best factor (the metric used as an explanation method itself).
+
+Real data (AwA2, Polyvore Outfits) has no scenes: the counterfactual part is skipped and the report
+holds the retrieval insertion/deletion only (``"counterfactual": False``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,7 +45,7 @@ from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
-from sane.data import AttributeDataset
+from sane.data import LabelledImageDataset, open_dataset
 from sane.data.synthetic import FACTORS, counterfactual, render
 from sane.explain.ranker import ATTRIBUTE_FACTORS, AttributeRanker
 from sane.images import Preprocess
@@ -48,6 +54,8 @@ from sane.models.embedder import Embedder
 from sane.saliency import RISE
 
 METHODS = ("Random", "Attribute Classifier", "SANE")
+# Ranker-driven methods in the paper's table order: attribute_models key -> row name.
+MODEL_METHODS = {"classifier": "Attribute Classifier", "fashionsearchnet": "FashionSearchNet", "sane": "SANE"}
 DEFAULT_K = 5
 
 
@@ -113,6 +121,78 @@ def averaged_predictions(
     return out
 
 
+@dataclass
+class RetrievalSpace:
+    """One split as the retrieval database of SPEC §5: images, embeddings and averaged attribute predictions.
+
+    ``images`` are prepared for the similarity model, ``model_images[name]`` for each attribute model;
+    ``labels`` (N, A) bool are the data set's attributes in ``attributes`` order, ``preds`` (N, A) the
+    models' averaged presence probabilities (:func:`averaged_predictions`), ``embeddings`` (N, D)
+    L2-normalised. ``same_type``: retrieval keeps to the query's class (Polyvore's item type).
+    """
+
+    dataset: LabelledImageDataset
+    attributes: list[str]
+    labels: np.ndarray
+    images: torch.Tensor
+    model_images: dict[str, torch.Tensor]
+    preds: np.ndarray
+    embeddings: np.ndarray
+    same_type: bool
+
+    def candidates(self, qi: int, ri: int, column: int, insert: bool) -> np.ndarray:
+        """(N,) bool: database images (not q, not r; of q's type where that applies) lacking (deletion)
+        or having (insertion) attribute ``column``."""
+        cand = self.labels[:, column].copy() if insert else ~self.labels[:, column]
+        cand[[qi, ri]] = False
+        if self.same_type:
+            cand &= np.asarray(self.dataset.targets) == self.dataset.targets[qi]
+        return cand
+
+    def deltas(self, qi: int, ri: int, columns: Sequence[int], insert: bool, k: int = DEFAULT_K) -> list[float]:
+        """Retrieval Δ (:func:`retrieval_delta`) of deleting / inserting each attribute column for pair (q, r)."""
+        sim_to_r = self.embeddings @ self.embeddings[ri]
+        s_qr = float(self.embeddings[qi] @ self.embeddings[ri])
+        return [retrieval_delta(sim_to_r, s_qr, self.preds[qi], self.preds, self.candidates(qi, ri, j, insert), k,
+                                ignore=j)[0] for j in columns]
+
+
+def retrieval_space(
+    similarity_model: nn.Module,
+    similarity_preprocess: Preprocess,
+    attribute_models: dict[str, tuple[nn.Module, Preprocess]],
+    data_dir: str | os.PathLike,
+    split: str = "test",
+    batch_size: int = 128,
+    progress: bool = True,
+) -> RetrievalSpace:
+    """Load ``split`` of ``data_dir`` (any layout) and compute what the retrieval metric needs.
+
+    ``attribute_models`` maps names to (model, preprocess); a model whose preprocessing differs from
+    the similarity model's gets its own image stack. Refuses models that predict none of the data
+    set's attributes (e.g. the bundled synthetic models on real data).
+    """
+    dataset = open_dataset(data_dir, split=split, preprocess=similarity_preprocess)
+    attributes = list(dataset.attributes)
+    known = set().union(*(m.attributes for m, _ in attribute_models.values()))
+    if not known & set(attributes):
+        raise ValueError(f"the attribute models predict none of the attributes of {data_dir}: pass models trained "
+                         "on this data set (sane train-attributes)")
+    images = dataset.stack_images(progress=progress)
+    model_images: dict[str, torch.Tensor] = {}
+    for name, (_, pre) in attribute_models.items():
+        if pre == similarity_preprocess:
+            model_images[name] = images
+        else:
+            model_images[name] = open_dataset(data_dir, split=split, preprocess=pre).stack_images()
+    names = list(attribute_models)
+    preds = averaged_predictions([attribute_models[m][0] for m in names], [model_images[m] for m in names], attributes,
+                                 batch_size)
+    embeddings = Embedder(similarity_model, batch_size)(images).numpy()
+    return RetrievalSpace(dataset, attributes, dataset.image_attributes.astype(bool), images, model_images, preds,
+                          embeddings, dataset.format == "polyvore")
+
+
 def counterfactual_deltas(
     embedder: Embedder, preprocess: Preprocess, scene, reference: torch.Tensor, draws: int, rng: np.random.Generator
 ) -> dict[str, float]:
@@ -130,12 +210,16 @@ def best_factor(deltas: dict[str, float]) -> str:
     return min(deltas, key=deltas.get)
 
 
-def _pairs_by_index(targets: Sequence[int], n_pairs: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """``n_pairs`` random (query, reference) index pairs of different images of one class."""
+def same_class_index_pairs(
+    targets: Sequence[int], n_pairs: int, rng: np.random.Generator, queries_from: np.ndarray | None = None
+) -> list[tuple[int, int]]:
+    """``n_pairs`` random (query, reference) index pairs of different images of one class; queries are
+    drawn from ``queries_from`` (bool (N,), e.g. held-out images) when given, references from all."""
     by_class: dict[int, list[int]] = {}
     for i, t in enumerate(targets):
         by_class.setdefault(int(t), []).append(i)
-    queries = [i for i, t in enumerate(targets) if len(by_class[int(t)]) > 1]
+    queries = [i for i, t in enumerate(targets)
+               if len(by_class[int(t)]) > 1 and (queries_from is None or queries_from[i])]
     if not queries:
         raise ValueError("no class has two images: cannot form same-class pairs")
     pairs = []
@@ -175,79 +259,72 @@ def evaluate_explanations(
     seed: int = 0,
     batch_size: int = 128,
     progress: bool = True,
-    prior: dict[str, float] | None = None,
+    prior: dict[str, float] | str | None = None,
 ) -> dict:
-    """Insertion/deletion (x100) and counterfactual top-1 per method, plus the metric's agreement with Δ_cf.
+    """Insertion/deletion (x100) per method and, on synthetic data, counterfactual top-1 and the
+    metric's agreement with Δ_cf.
 
-    ``attribute_models`` maps ``"sane"`` and ``"classifier"`` to (model, preprocess); their averaged
-    predictions define the retrieval space and each drives its method's ranker. The data set must
-    carry scenes (``scenes.jsonl``, the synthetic data) for the counterfactual.
+    ``attribute_models`` maps ``"sane"`` and ``"classifier"`` (and optionally ``"fashionsearchnet"``,
+    which adds its row) to (model, preprocess); their averaged
+    predictions define the retrieval space and each drives its method's ranker. The counterfactual
+    part needs a scene for every image (``scenes.jsonl``, the synthetic data); without scenes (real
+    data) it is skipped and ``report["counterfactual"]`` is False.
     """
     missing = {"sane", "classifier"} - set(attribute_models)
     if missing:
         raise ValueError(f"attribute_models lacks {', '.join(sorted(missing))}")
     rng = np.random.default_rng(seed)
-    sim_data = AttributeDataset(data_dir, split=split, preprocess=similarity_preprocess)
-    if sim_data.scenes is None or any(s is None for s in sim_data.scenes):
+    space = retrieval_space(similarity_model, similarity_preprocess, attribute_models, data_dir, split, batch_size,
+                            progress)
+    dataset, attributes, labels = space.dataset, space.attributes, space.labels
+    scenes = dataset.scenes
+    with_counterfactual = scenes is not None and all(s is not None for s in scenes)
+    if scenes is not None and not with_counterfactual:
         raise ValueError(f"{data_dir} has no scene for every {split} image: the counterfactual needs the synthetic data")
-    attributes = list(sim_data.attributes)
-    labels = sim_data.image_attributes.astype(bool)
-    n = len(sim_data)
-    images_sim = sim_data.stack_images(progress=progress)
-    images_attr: dict[str, torch.Tensor] = {}
-    for name, (_, pre) in attribute_models.items():
-        if pre == similarity_preprocess:
-            images_attr[name] = images_sim
-        else:
-            images_attr[name] = AttributeDataset(data_dir, split=split, preprocess=pre).stack_images()
-    names = list(attribute_models)
-    preds = averaged_predictions([attribute_models[m][0] for m in names], [images_attr[m] for m in names], attributes,
-                                 batch_size)
+    n = len(dataset)
     embedder = Embedder(similarity_model, batch_size)
-    emb = embedder(images_sim).numpy()
-    rise = RISE(similarity_model, n_masks=n_masks, batch_size=batch_size, seed=seed)
-    rankers = {"Attribute Classifier": ("classifier", AttributeRanker(attribute_models["classifier"][0], prior=prior)),
-               "SANE": ("sane", AttributeRanker(attribute_models["sane"][0], prior=prior))}
+    rise = RISE(similarity_model, n_masks=n_masks, batch_size=batch_size, seed=seed, fuse=True, channels_last=True)
+    rankers = {label: (key, AttributeRanker(attribute_models[key][0], prior=prior))
+               for key, label in MODEL_METHODS.items() if key in attribute_models}
+    methods = ("Random", *rankers)
     col = {a: j for j, a in enumerate(attributes)}
 
-    pairs = _pairs_by_index(sim_data.targets, n_pairs, rng)
-    ins: dict[str, list[float]] = {m: [] for m in METHODS}
-    dele: dict[str, list[float]] = {m: [] for m in METHODS}
-    hits: dict[str, list[bool]] = {m: [] for m in METHODS}
+    pairs = same_class_index_pairs(dataset.targets, n_pairs, rng)
+    ins: dict[str, list[float]] = {m: [] for m in methods}
+    dele: dict[str, list[float]] = {m: [] for m in methods}
+    hits: dict[str, list[bool]] = {m: [] for m in methods}
     items_del, items_cf, retrieval_hits, within_rho = [], [], [], []
     best_counts = dict.fromkeys(FACTORS, 0)
     for qi, ri in tqdm(pairs, desc="explaining pairs", disable=not progress):
-        db = np.ones(n, dtype=bool)
-        db[[qi, ri]] = False
-        sim_to_r = emb @ emb[ri]
-        s_qr = float(emb[qi] @ emb[ri])
 
-        def delta(a: str, insert: bool, qi=qi, db=db, sim_to_r=sim_to_r, s_qr=s_qr) -> float:
-            j = col[a]
-            cand = db & (labels[:, j] if insert else ~labels[:, j])
-            return retrieval_delta(sim_to_r, s_qr, preds[qi], preds, cand, k, ignore=j)[0]
+        def delta(a: str, insert: bool, qi=qi, ri=ri) -> float:
+            return space.deltas(qi, ri, [col[a]], insert, k)[0]
 
         present = [a for a in attributes if labels[qi, col[a]]]
-        insertable = {a for a in attributes if (labels[db, col[a]]).any()}
+        insertable = {a for a in attributes if space.candidates(qi, ri, col[a], insert=True).any()}
         absent = [a for a in attributes if not labels[qi, col[a]] and a in insertable]
         picks: dict[str, tuple[str, str | None]] = {
             "Random": (present[int(rng.integers(len(present)))] if present else None,
                        absent[int(rng.integers(len(absent)))] if absent else None)
         }
-        saliency = rise.explain(images_sim[qi], images_sim[ri]).query_map
+        saliency = rise.explain(space.images[qi], space.images[ri]).query_map
         for method, (model_name, ranker) in rankers.items():
-            picks[method] = _ranker_picks(ranker, images_attr[model_name][qi], saliency, insertable)
+            picks[method] = _ranker_picks(ranker, space.model_images[model_name][qi], saliency, insertable)
 
-        deltas_cf = counterfactual_deltas(embedder, similarity_preprocess, sim_data.scenes[qi], images_sim[ri], draws,
-                                          rng)
-        best = best_factor(deltas_cf)
-        best_counts[best] += 1
+        best = None
+        if with_counterfactual:
+            deltas_cf = counterfactual_deltas(embedder, similarity_preprocess, scenes[qi], space.images[ri], draws, rng)
+            best = best_factor(deltas_cf)
+            best_counts[best] += 1
         for method, (del_a, ins_a) in picks.items():
             if del_a is not None:
                 dele[method].append(delta(del_a, insert=False))
-                hits[method].append(ATTRIBUTE_FACTORS.get(del_a) == best)
+                if with_counterfactual:
+                    hits[method].append(ATTRIBUTE_FACTORS.get(del_a) == best)
             if ins_a is not None:
                 ins[method].append(delta(ins_a, insert=True))
+        if not with_counterfactual:
+            continue
         # Every truly present attribute: retrieval deletion Δ against its factor's exact Δ_cf.
         pair_items = []
         for a in present:
@@ -266,39 +343,55 @@ def evaluate_explanations(
         finite = [v for v in values if np.isfinite(v)]
         return float(np.mean(finite)) if finite else float("nan")
 
-    rho = float(spearmanr(items_del, items_cf).statistic) if len(items_del) > 2 else float("nan")
-    return {
+    report = {
         "split": split,
         "n_pairs": len(pairs),
         "n_masks": n_masks,
         "k": k,
-        "draws": draws,
         "n_database": n - 2,
-        "attribute_models": names,
+        "same_type_retrieval": space.same_type,
+        "attribute_models": list(attribute_models),
+        "counterfactual": with_counterfactual,
         "methods": {
             m: {
                 "insertion": 100 * mean(ins[m]),
                 "deletion": 100 * mean(dele[m]),
-                "counterfactual_top1": mean(hits[m]),
                 "n_insertion": int(np.isfinite(ins[m]).sum()),
                 "n_deletion": int(np.isfinite(dele[m]).sum()),
             }
-            for m in METHODS
+            for m in methods
         },
-        "best_factor_counts": best_counts,
-        "agreement": {
+    }
+    if with_counterfactual:
+        rho = float(spearmanr(items_del, items_cf).statistic) if len(items_del) > 2 else float("nan")
+        report["draws"] = draws
+        for m in methods:
+            report["methods"][m]["counterfactual_top1"] = mean(hits[m])
+        report["best_factor_counts"] = best_counts
+        report["agreement"] = {
             "spearman": rho,
             "n_items": len(items_del),
             "spearman_within_pair": mean(within_rho),
             "retrieval_top1": mean(retrieval_hits),
-        },
-    }
+        }
+    return report
 
 
 def format_explanation_table(report: dict) -> str:
-    """method | insertion ↑ | deletion ↓ | counterfactual top-1 ↑, then how well §5 agrees with the truth."""
+    """method | insertion ↑ | deletion ↓ (| counterfactual top-1 ↑), then how well §5 agrees with the truth."""
+    database = f"K={report['k']} of {report['n_database']} database images"
+    if report.get("same_type_retrieval"):
+        database += " (of the query's item type)"
+    if not report.get("counterfactual", True):
+        lines = [f"{report['n_pairs']} same-class {report['split']} pairs, RISE {report['n_masks']} masks, {database}",
+                 "no scenes in this data set: the counterfactual check (SPEC §6) is skipped; "
+                 "attribute insertion/deletion by retrieval (SPEC §5) only",
+                 f"{'method':<22}{'insertion ↑':>13}{'deletion ↓':>13}"]
+        for method, row in report["methods"].items():
+            lines.append(f"{method:<22}{row['insertion']:>13.2f}{row['deletion']:>13.2f}")
+        return "\n".join(lines)
     lines = [f"{report['n_pairs']} same-class {report['split']} pairs, RISE {report['n_masks']} masks, "
-             f"K={report['k']} of {report['n_database']} database images, {report['draws']} counterfactual draws",
+             f"{database}, {report['draws']} counterfactual draws",
              f"{'method':<22}{'insertion ↑':>13}{'deletion ↓':>13}{'counterfactual top-1 ↑':>25}"]
     for method, row in report["methods"].items():
         lines.append(f"{method:<22}{row['insertion']:>13.2f}{row['deletion']:>13.2f}{row['counterfactual_top1']:>25.3f}")

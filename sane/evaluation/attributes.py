@@ -3,6 +3,7 @@
 On the synthetic data the object's pixels are the true evidence of its shape, colour and pattern
 (and the background's pixels of the background attributes), so the pointing game of an attribute's
 activation map — is its peak on the object? — says whether the map shows the attribute itself.
+Real data (AwA2, Polyvore Outfits) has no masks: the report then holds mAP and per-attribute AP only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sane.data import AttributeDataset
+from sane.data import open_dataset
 from sane.data.synthetic import BACKGROUNDS, COLOURS, H_POSITIONS, PATTERNS, SHAPES, SIZES, V_POSITIONS
 from sane.images import Preprocess
 from sane.metrics import mass_inside, pointing_game
@@ -43,24 +44,30 @@ def evaluate_attributes(
     batch_size: int = 128,
     progress: bool = True,
 ) -> dict:
-    """mAP (all attributes and per group) and, per group, the pointing game and mass inside the object
-    of each present attribute's activation map (upsampled to the image), plus the chance level of
-    pointing (mean object area). ``limit`` evaluates a seeded random subset of the split."""
-    dataset = AttributeDataset(data_dir, split=split, preprocess=preprocess, with_masks=True)
-    if dataset.mask_dir is None:
-        raise ValueError(f"{data_dir} has no masks/ folder: eval-attributes needs object masks")
+    """mAP (all attributes and per attribute) and, where the data set has object masks (the synthetic
+    data), per attribute group: mAP, the pointing game and mass inside the object of each present
+    attribute's activation map (upsampled to the image), plus the chance level of pointing (mean object
+    area). ``limit`` evaluates a seeded random subset of the split."""
+    dataset = open_dataset(data_dir, split=split, preprocess=preprocess, with_masks=True)
+    names = list(model.attributes)
+    if names != list(dataset.attributes):
+        raise ValueError(f"the model's {len(names)} attributes are not those of {data_dir} ({len(dataset.attributes)}): "
+                         "evaluate a model trained on this data set")
     indices = np.arange(len(dataset))
     if limit is not None and limit < len(dataset):
         indices = np.sort(np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False))
     items = [dataset[int(i)] for i in tqdm(indices, desc="loading images", disable=not progress)]
     images = torch.stack([it["image"] for it in items])
-    masks = torch.stack([it["mask"] for it in items])
     labels = dataset.image_attributes[indices]
     scores, maps = predict_attributes(model, images, batch_size)
     ap = per_attribute_ap(scores, labels)
-    names = list(model.attributes)
     report: dict = {"split": split, "n_images": len(indices), "mAP": mean_average_precision(scores, labels),
-                    "chance_pointing": float(masks.float().mean()), "groups": {}}
+                    "per_attribute": {a: float(ap[j]) for j, a in enumerate(names) if np.isfinite(ap[j])},
+                    "masks": dataset.mask_dir is not None}
+    if dataset.mask_dir is None:
+        return report
+    masks = torch.stack([it["mask"] for it in items])
+    report.update({"chance_pointing": float(masks.float().mean()), "groups": {}})
     for group, members in ATTRIBUTE_GROUPS.items():
         cols = [names.index(a) for a in members if a in names]
         if not cols:
@@ -89,7 +96,7 @@ def saliency_agreement(
     lower = better), the share of saliency maps some present attribute matches (distance < 1) and the
     attributes that match most often. Run on the cached training images: what SANE is trained for."""
     cache = SaliencyCache(cache_dir)
-    dataset = AttributeDataset(data_dir, split=cache.manifest["split"], preprocess=preprocess)
+    dataset = open_dataset(data_dir, split=cache.manifest["split"], preprocess=preprocess)
     maps16, valid = cache.aligned(dataset)
     rows = np.flatnonzero(valid.any(1).numpy())
     images = dataset.stack_images(rows)
@@ -110,12 +117,22 @@ def saliency_agreement(
 
 
 def format_attribute_report(report: dict) -> str:
-    """The report as aligned text: overall mAP, then one row per attribute group."""
-    lines = [f"{report['n_images']} {report['split']} images: mAP {report['mAP']:.4f}; "
-             f"chance of pointing at the object {report['chance_pointing']:.3f}",
-             f"{'group':<12}{'mAP':>8}{'pointing':>10}{'mass_in':>9}{'maps':>7}"]
-    for group, row in report["groups"].items():
-        lines.append(f"{group:<12}{row['mAP']:>8.4f}{row['pointing_game']:>10.3f}{row['mass_inside']:>9.3f}{row['n_maps']:>7}")
+    """The report as aligned text: overall mAP, then one row per attribute group (with masks) or the
+    best and worst attributes by AP (without)."""
+    if "groups" not in report:
+        ranked = sorted(report.get("per_attribute", {}).items(), key=lambda kv: -kv[1])
+        lines = [f"{report['n_images']} {report['split']} images: mAP {report['mAP']:.4f} "
+                 f"over {len(ranked)} attributes with a positive image; no object masks, so no pointing game"]
+        if ranked:
+            lines.append("best AP: " + ", ".join(f"{a} {v:.3f}" for a, v in ranked[:5]))
+            lines.append("worst AP: " + ", ".join(f"{a} {v:.3f}" for a, v in ranked[::-1][:5]))
+    else:
+        lines = [f"{report['n_images']} {report['split']} images: mAP {report['mAP']:.4f}; "
+                 f"chance of pointing at the object {report['chance_pointing']:.3f}",
+                 f"{'group':<12}{'mAP':>8}{'pointing':>10}{'mass_in':>9}{'maps':>7}"]
+        for group, row in report["groups"].items():
+            lines.append(f"{group:<12}{row['mAP']:>8.4f}{row['pointing_game']:>10.3f}{row['mass_inside']:>9.3f}"
+                         f"{row['n_maps']:>7}")
     if "saliency_agreement" in report:
         agree = report["saliency_agreement"]
         top = ", ".join(f"{name} {count}" for name, count in agree["top_matches"].items())

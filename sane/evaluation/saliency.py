@@ -9,13 +9,13 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from sane.data import AttributeDataset
+from sane.data import LabelledImageDataset, open_dataset
 from sane.explain.pair import make_explainer
 from sane.images import Preprocess
 from sane.metrics import insertion_deletion, mass_inside, pointing_game
 
 
-def positive_pairs(dataset: AttributeDataset, n: int, seed: int = 0) -> list[tuple[int, int]]:
+def positive_pairs(dataset: LabelledImageDataset, n: int, seed: int = 0) -> list[tuple[int, int]]:
     """``n`` (query, reference) index pairs of distinct images of the same class."""
     rng = np.random.default_rng(seed)
     targets = np.asarray(dataset.targets)
@@ -46,7 +46,7 @@ def evaluate_saliency(
 
     Maps are of the query for a fixed reference; each method sees the same pairs.
     """
-    dataset = AttributeDataset(data_dir, split=split, preprocess=preprocess, with_masks=True)
+    dataset = open_dataset(data_dir, split=split, preprocess=preprocess, with_masks=True)
     if dataset.mask_dir is None:
         raise ValueError(f"{data_dir} has no masks/ folder: eval-saliency needs object masks")
     pairs = positive_pairs(dataset, n_pairs, seed)

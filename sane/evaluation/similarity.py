@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from sane.data import FACTORS, AttributeDataset, counterfactual, render
+from sane.data import FACTORS, LabelledImageDataset, counterfactual, open_dataset, render
 from sane.images import Preprocess
 from sane.models import Embedder
 
@@ -31,7 +31,7 @@ def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor | np.ndarray, k: 
 def counterfactual_table(
     model: nn.Module,
     preprocess: Preprocess,
-    dataset: AttributeDataset,
+    dataset: LabelledImageDataset,
     n_pairs: int = 200,
     seed: int = 0,
     progress: bool = True,
@@ -71,7 +71,7 @@ def evaluate_similarity(
     progress: bool = True,
 ) -> dict:
     """recall@1 on the held-out split, plus the counterfactual table when scenes are available."""
-    dataset = AttributeDataset(data_dir, split=split, preprocess=preprocess)
+    dataset = open_dataset(data_dir, split=split, preprocess=preprocess)
     images = dataset.stack_images(progress=progress)
     report = {
         "split": split,

@@ -47,6 +47,10 @@ ATTRIBUTE_FACTORS: dict[str, str] = {
 assert set(ATTRIBUTE_FACTORS) == set(ATTRIBUTES) and set(ATTRIBUTE_FACTORS.values()) == set(FACTORS)
 
 
+DEFAULT_W = 0.5  # SPEC §4's weight of confidence against map match, when a model carries no tuned value
+DEFAULT_GAMMA = 1.0  # exponent of the prior, likewise
+
+
 @dataclass
 class AttributeExplanation:
     """One ranked attribute: its score and the terms it is made of, plus its activation map (h, w).
@@ -80,21 +84,28 @@ class AttributeRanker:
     ``attribute_model`` maps a (B, 3, H, W) batch to ``(z (B, A), H (B, A, h, w))`` and carries
     ``attributes`` (names). ``thresholds`` (A,) logits: an attribute is a candidate when
     ``z_a >= threshold_a``; None takes the model's ``thresholds`` (from its checkpoint), or 0
-    (probability 0.5) when it has none. ``prior`` maps names to probabilities; None is uniform
-    (1/A each, which leaves the order to ``w·conf + (1−w)·match``); names it lacks get prior 0.
-    ``w`` weighs confidence against map match, ``gamma`` the prior; ``tau`` sharpens the saliency
-    target and defaults to the training default so ``match`` uses the distance SANE was trained on.
+    (probability 0.5) when it has none. ``prior`` maps names to probabilities; names it lacks get
+    prior 0; ``"uniform"`` is 1/A each (which leaves the order to ``w·conf + (1−w)·match``).
+    ``w`` weighs confidence against map match, ``gamma`` the prior. ``prior``, ``w`` and ``gamma``
+    left None take the model's ``ranker_defaults`` (the checkpoint's tuned values, ``sane
+    tune-ranker``), else uniform, 0.5 and 1. ``tau`` sharpens the saliency target and defaults to
+    the training default so ``match`` uses the distance SANE was trained on.
     """
 
     def __init__(
         self,
         attribute_model: nn.Module,
         thresholds: Sequence[float] | torch.Tensor | None = None,
-        prior: Mapping[str, float] | None = None,
-        w: float = 0.5,
-        gamma: float = 1.0,
+        prior: Mapping[str, float] | str | None = None,
+        w: float | None = None,
+        gamma: float | None = None,
         tau: float = DEFAULT_TAU,
     ):
+        tuned = getattr(attribute_model, "ranker_defaults", None) or {}
+        prior = tuned.get("prior") if prior is None else prior
+        prior = None if prior == "uniform" else prior
+        w = float(tuned.get("w", DEFAULT_W)) if w is None else w
+        gamma = float(tuned.get("gamma", DEFAULT_GAMMA)) if gamma is None else gamma
         self.model = attribute_model
         self.attributes = list(attribute_model.attributes)
         n = len(self.attributes)

@@ -176,12 +176,15 @@ def save_attributes(
     model: nn.Module,
     preprocess: Preprocess,
     thresholds: list[float] | None = None,
+    ranker: dict | None = None,
     **meta,
 ) -> None:
     """Write a checkpoint loadable with ``torch.load(weights_only=True)``: weights plus plain metadata.
 
     ``thresholds`` are per-attribute score cut-offs (logits) above which an attribute counts as
-    present (the ranker's candidates, SPEC §4); ``meta`` keeps only str/int/float/bool values.
+    present (the ranker's candidates, SPEC §4); ``ranker`` the ranker's defaults for this model,
+    ``{"prior": {name: p} or None, "w": float, "gamma": float}`` (``sane tune-ranker`` writes them);
+    ``meta`` keeps only str/int/float/bool values.
     """
     torch.save(
         {
@@ -192,11 +195,24 @@ def save_attributes(
             "mean": list(preprocess.mean),
             "std": list(preprocess.std),
             "thresholds": [float(t) for t in thresholds] if thresholds is not None else None,
+            "ranker": _plain_ranker_settings(ranker),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "meta": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))},
         },
         path,
     )
+
+
+def _plain_ranker_settings(ranker: dict | None) -> dict | None:
+    """Ranker defaults as plain floats (weights-only loadable), or None."""
+    if ranker is None:
+        return None
+    prior = ranker.get("prior")
+    return {
+        "prior": {str(k): float(v) for k, v in prior.items()} if prior is not None else None,
+        "w": float(ranker["w"]),
+        "gamma": float(ranker["gamma"]),
+    }
 
 
 def read_attribute_checkpoint(path: str | os.PathLike) -> dict:
@@ -215,14 +231,16 @@ def load_attributes(
 ) -> tuple[nn.Module, Preprocess]:
     """Load an attribute model in eval mode with its preprocessing (None: the bundled SANE model).
 
-    The model carries ``attributes`` (names), ``kind``, ``arch`` and ``thresholds`` (a (A,) tensor,
-    or None when the checkpoint has none).
+    The model carries ``attributes`` (names), ``kind``, ``arch``, ``thresholds`` (a (A,) tensor,
+    or None when the checkpoint has none) and ``ranker_defaults`` (the tuned prior, w and γ that
+    :class:`~sane.explain.ranker.AttributeRanker` uses when not told otherwise; None when untuned).
     """
     ckpt = read_attribute_checkpoint(path if path is not None else default_attribute_weights())
     model = build_attribute_model(ckpt["kind"], ckpt["attributes"], ckpt["arch"])
     model.load_state_dict(ckpt["state_dict"])
     thresholds = ckpt.get("thresholds")
     model.thresholds = torch.tensor(thresholds) if thresholds is not None else None
+    model.ranker_defaults = ckpt.get("ranker")
     preprocess = Preprocess(ckpt["input_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]))
     return model.to(device).eval(), preprocess
 

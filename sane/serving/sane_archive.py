@@ -55,9 +55,9 @@ class RankerSettings:
     """The ``handler:`` keys of the `sane` archive's model-config beyond the saliency ones."""
 
     attribute_model: str = DEFAULT_ATTRIBUTE_MODEL  # file name inside the archive
-    prior: str | None = None  # JSON prior inside the archive (``save_prior``); None: uniform
-    w: float = 0.5
-    gamma: float = 1.0
+    prior: str | None = None  # JSON prior inside the archive (``save_prior``); None: the model's tuned prior
+    w: float | None = None  # None: the attribute model's tuned w (else 0.5)
+    gamma: float | None = None  # None: the attribute model's tuned γ (else 1)
     default_top_k: int = DEFAULT_TOP_K
     max_top_k: int = MAX_TOP_K
 
@@ -75,6 +75,8 @@ class RankerSettings:
                              f"max_top_k ({settings.max_top_k})")
         for name in ("w", "gamma"):
             value = getattr(settings, name)
+            if value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"model-config handler.{name} must be a number, got {value!r}")
         return settings
@@ -102,7 +104,7 @@ class SaneHandler(SaliencyHandler):
             path = None
         model, self.attribute_preprocess = load_attributes(path, self.device)
         prior = load_prior(os.path.join(model_dir, self.settings.prior)) if self.settings.prior else None
-        self.ranker = AttributeRanker(model, prior=prior, w=float(self.settings.w), gamma=float(self.settings.gamma))
+        self.ranker = AttributeRanker(model, prior=prior, w=self.settings.w, gamma=self.settings.gamma)
 
     def parse_options(self, options: dict[str, Any]) -> SaneOptions:
         base = validate_saliency_options(options, self.config, self.extra_option_names)

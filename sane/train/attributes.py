@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sane.data import AttributeDataset
+from sane.data import open_dataset
 from sane.images import Preprocess
 from sane.metrics.attributes import mean_average_precision
 from sane.models.attributes import (
@@ -86,14 +86,15 @@ def calibrate_attributes(
         raise ValueError(f"calibration must be one of {sorted(CALIBRATIONS)}, got {calibration!r}")
     ckpt = read_attribute_checkpoint(path)
     model, preprocess = load_attributes(path)
-    dataset = AttributeDataset(data_dir, split="train", preprocess=preprocess)
+    dataset = open_dataset(data_dir, split="train", preprocess=preprocess)
     is_val = validation_split(dataset.targets, val_fraction, seed)
     val_idx = np.flatnonzero(is_val)
     images = dataset.stack_images(val_idx, progress)
     labels = torch.from_numpy(dataset.image_attributes[val_idx].astype(np.float32))
     scores, _ = predict_attributes(model, images)
     thresholds = CALIBRATIONS[calibration](scores, labels)
-    save_attributes(out or path, model, preprocess, thresholds, **{**ckpt.get("meta", {}), "calibration": calibration})
+    save_attributes(out or path, model, preprocess, thresholds, ranker=ckpt.get("ranker"),
+                    **{**ckpt.get("meta", {}), "calibration": calibration})
     return thresholds
 
 
@@ -150,7 +151,7 @@ def train_attributes(
     lam = lam if kind == "sane" else 0.0
     torch.manual_seed(seed)
     preprocess = Preprocess(image_size)
-    dataset = AttributeDataset(data_dir, split="train", preprocess=preprocess)
+    dataset = open_dataset(data_dir, split="train", preprocess=preprocess)
     images, targets = dataset.stack_images(progress=progress), np.asarray(dataset.targets)
     labels = torch.from_numpy(dataset.image_attributes.astype(np.float32))
     is_val = validation_split(targets, val_fraction, seed)

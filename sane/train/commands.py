@@ -1,7 +1,9 @@
-"""The attribute subcommands of `sane`: cache-saliency, train-attributes and eval-attributes.
+"""The attribute subcommands of `sane`: cache-saliency, train-attributes, calibrate-attributes,
+estimate-prior, eval-attributes, eval-explanations, and `pipeline`, which runs them all in order.
 
 Registered by ``add_attribute_commands(sub)`` at the end of :func:`sane.cli.build_parser`, so the
-attribute work stays out of cli.py apart from that one call.
+attribute work stays out of cli.py apart from that one call. Every ``--data`` takes either layout,
+AwA2 or Polyvore Outfits (:func:`sane.data.open_dataset`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sane.train.heatmap_loss import DEFAULT_TAU
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 DEFAULT_DATA = "data/shapes"
+DATA_HELP = "data directory, AwA2 or Polyvore Outfits layout"
 
 
 def _command_line() -> str:
@@ -64,25 +67,40 @@ def _cmd_calibrate_attributes(args: argparse.Namespace) -> int:
 
 
 def _cmd_estimate_prior(args: argparse.Namespace) -> int:
-    """SPEC §4's prior from exact counterfactuals on held-out training-class scenes."""
-    import numpy as np
+    """SPEC §4's prior on held-out training pairs: by the attribute deletion metric or exact counterfactuals."""
+    from sane.evaluation.prior import estimate_prior
+    from sane.explain.ranker import save_prior
 
-    from sane.data import AttributeDataset
-    from sane.explain.ranker import estimate_prior_counterfactual, save_prior
-    from sane.models import load_similarity
-    from sane.train.validation_split import validation_split
-
-    model, preprocess = load_similarity(args.model, args.device)
-    dataset = AttributeDataset(args.data, split="train", preprocess=preprocess)
-    if dataset.scenes is None:
-        raise ValueError(f"{args.data} has no scenes.jsonl: the counterfactual prior needs synthetic data")
-    held_out = np.flatnonzero(validation_split(dataset.targets, args.val_fraction, args.seed))
-    prior = estimate_prior_counterfactual(model, preprocess, [dataset.scenes[i] for i in held_out],
-                                          n_pairs=args.pairs, seed=args.seed)
+    prior, measure = estimate_prior(args.data, args.model, by=args.by, sane=args.sane, classifier=args.classifier,
+                                    n_pairs=args.pairs, k=args.k, val_fraction=args.val_fraction, seed=args.seed,
+                                    batch_size=args.batch_size, device=args.device, progress=not args.quiet)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_prior(args.out, prior)
     top = sorted(prior.items(), key=lambda kv: -kv[1])[:8]
-    print("highest priors: " + ", ".join(f"{a} {p:.3f}" for a, p in top))
+    print(f"prior by {measure}; highest: " + ", ".join(f"{a} {p:.3f}" for a, p in top))
     print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_tune_ranker(args: argparse.Namespace) -> int:
+    """SPEC §4's w and γ per attribute model on validation pairs, written into the checkpoints."""
+    from sane.explain.ranker import load_prior
+    from sane.explain.tuning import format_selection, tune_ranker
+    from sane.models.attributes import default_attribute_weights
+
+    paths = {"sane": args.sane or default_attribute_weights("sane"),
+             "classifier": args.classifier or default_attribute_weights("classifier")}
+    if args.fashionsearchnet:
+        paths["fashionsearchnet"] = args.fashionsearchnet
+    prior = None if args.prior == "uniform" else load_prior(args.prior)
+    selections, utility = tune_ranker(args.similarity, paths, args.data, prior, write=not args.dry_run,
+                                      device=args.device, n_pairs=args.pairs, n_masks=args.n_masks, k=args.k,
+                                      draws=args.draws, val_fraction=args.val_fraction, seed=args.seed,
+                                      batch_size=args.batch_size, progress=not args.quiet)
+    for name, selection in selections.items():
+        print(format_selection(name, selection, utility))
+    if not args.dry_run:
+        print("wrote prior, w and gamma into " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -116,10 +134,12 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
         "sane": load_attributes(args.sane or default_attribute_weights("sane"), args.device),
         "classifier": load_attributes(args.classifier or default_attribute_weights("classifier"), args.device),
     }
+    if args.fashionsearchnet:
+        attribute_models["fashionsearchnet"] = load_attributes(args.fashionsearchnet, args.device)
     report = evaluate_explanations(similarity, preprocess, attribute_models, args.data, split=args.split,
                                    n_pairs=args.pairs, n_masks=args.n_masks, k=args.k, draws=args.draws,
                                    seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
-                                   prior=load_prior(args.prior) if args.prior else None)
+                                   prior=args.prior if args.prior in (None, "uniform") else load_prior(args.prior))
     print(format_explanation_table(report))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -128,10 +148,23 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    """Every step from a data directory to the evaluation reports, resumable, under --out."""
+    from dataclasses import fields
+
+    from sane.train.pipeline import PipelineOptions, run_pipeline
+
+    options = PipelineOptions(**{f.name: getattr(args, f.name) for f in fields(PipelineOptions)})
+    result = run_pipeline(args.data, args.out, options, progress=not args.quiet, command=_command_line())
+    ran = [name for name, status in result["steps"].items() if status == "ran"]
+    print(f"pipeline finished in {result['out']}: ran {', '.join(ran) or 'nothing (all steps were done)'}")
+    return 0
+
+
 def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     """Add the attribute subcommands to `sane`'s subparsers."""
     cache = sub.add_parser("cache-saliency", help="cache RISE maps of training images against same-class references")
-    cache.add_argument("--data", default=DEFAULT_DATA, help="AwA2-format directory")
+    cache.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     cache.add_argument("--out", required=True, help="cache directory (a rerun resumes it)")
     cache.add_argument("--model", default=None, help="similarity checkpoint or TorchScript file (default: bundled)")
     cache.add_argument("--n-masks", type=int, default=2000, help="RISE masks per image")
@@ -149,7 +182,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
 
     train = sub.add_parser("train-attributes", help="train the SANE attribute predictor or a baseline")
     train.add_argument("--model", default="sane", choices=["sane", "classifier", "fashionsearchnet"])
-    train.add_argument("--data", default=DEFAULT_DATA, help="AwA2-format directory")
+    train.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     train.add_argument("--cache", default=None, help="saliency cache directory (needed by --model sane)")
     train.add_argument("--out", required=True, help="checkpoint path to write (the best validation mAP)")
     train.add_argument("--arch", default="compact", choices=["compact", "resnet50"])
@@ -170,7 +203,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
 
     ev = sub.add_parser("eval-attributes", help="attribute mAP and activation-map pointing game on held-out images")
     ev.add_argument("--model", default=None, help="attribute checkpoint (default: bundled SANE model)")
-    ev.add_argument("--data", default=DEFAULT_DATA)
+    ev.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     ev.add_argument("--split", default="test", choices=["train", "test", "all"])
     ev.add_argument("--limit", type=int, default=None, help="evaluate a random subset of this many images")
     ev.add_argument("--seed", type=int, default=0)
@@ -181,19 +214,47 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_eval_attributes)
 
-    pri = sub.add_parser("estimate-prior", help="prior of each attribute being the best explanation (synthetic data)")
-    pri.add_argument("--data", default=DEFAULT_DATA)
+    pri = sub.add_parser("estimate-prior", help="prior of each attribute being the best explanation (held-out pairs)")
+    pri.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     pri.add_argument("--model", default=None, help="similarity checkpoint (default: bundled)")
+    pri.add_argument("--by", default="auto", choices=["auto", "deletion", "counterfactual"],
+                     help="best explanation by the attribute deletion metric (SPEC §5, any data) or by exact "
+                          "counterfactuals (synthetic data only); auto: counterfactual when the data has scenes")
+    pri.add_argument("--sane", default=None, help="SANE attribute checkpoint for --by deletion (default: bundled)")
+    pri.add_argument("--classifier", default=None, help="classifier checkpoint for --by deletion (default: bundled)")
     pri.add_argument("--pairs", type=int, default=200)
+    pri.add_argument("--k", type=int, default=5, help="images retrieved per deletion (--by deletion)")
+    pri.add_argument("--batch-size", type=int, default=128)
+    pri.add_argument("--quiet", action="store_true")
     pri.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
     pri.add_argument("--seed", type=int, default=0)
     pri.add_argument("--device", default="cpu")
     pri.add_argument("--out", required=True, help="JSON file for `sane explain --prior`")
     pri.set_defaults(func=_cmd_estimate_prior)
 
+    tune = sub.add_parser("tune-ranker", help="choose the ranker's w and gamma on validation pairs (SPEC §4) and "
+                                              "store them, with the prior, in the attribute checkpoints")
+    tune.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
+    tune.add_argument("--prior", required=True, help="prior JSON (sane estimate-prior), or 'uniform'")
+    tune.add_argument("--similarity", default=None, help="similarity checkpoint (default: bundled)")
+    tune.add_argument("--sane", default=None, help="SANE attribute checkpoint (default: bundled; rewritten)")
+    tune.add_argument("--classifier", default=None, help="classifier checkpoint (default: bundled; rewritten)")
+    tune.add_argument("--fashionsearchnet", default=None, help="also tune this FashionSearchNet checkpoint")
+    tune.add_argument("--pairs", type=int, default=200, help="validation pairs (training classes)")
+    tune.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
+    tune.add_argument("--k", type=int, default=5, help="images retrieved per deletion (data without scenes)")
+    tune.add_argument("--draws", type=int, default=3, help="counterfactual renders per factor (synthetic data)")
+    tune.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--batch-size", type=int, default=128)
+    tune.add_argument("--device", default="cpu")
+    tune.add_argument("--dry-run", action="store_true", help="report the choice without writing the checkpoints")
+    tune.add_argument("--quiet", action="store_true")
+    tune.set_defaults(func=_cmd_tune_ranker)
+
     cal = sub.add_parser("calibrate-attributes", help="recompute an attribute model's presence thresholds")
     cal.add_argument("--model", required=True, help="attribute checkpoint (rewritten in place unless --out)")
-    cal.add_argument("--data", default=DEFAULT_DATA)
+    cal.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     cal.add_argument("--calibration", default="f1", choices=["f1", "median"],
                      help="f1: best F1 on validation images (default); median: median score of positives (paper)")
     cal.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
@@ -204,19 +265,69 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
 
     exp = sub.add_parser("eval-explanations",
                          help="attribute insertion/deletion of Random, classifier and SANE vs the exact counterfactual")
-    exp.add_argument("--data", default=DEFAULT_DATA, help="synthetic AwA2-format directory (with scenes.jsonl)")
+    exp.add_argument("--data", default=DEFAULT_DATA,
+                     help=DATA_HELP + " (the counterfactual check needs scenes.jsonl, i.e. the synthetic data)")
     exp.add_argument("--split", default="test", choices=["train", "test", "all"], help="pairs and retrieval database")
     exp.add_argument("--similarity", default=None, help="similarity checkpoint (default: bundled)")
     exp.add_argument("--sane", default=None, help="SANE attribute checkpoint (default: bundled)")
     exp.add_argument("--classifier", default=None, help="attribute-classifier checkpoint (default: bundled)")
+    exp.add_argument("--fashionsearchnet", default=None, help="FashionSearchNet checkpoint: adds its row")
     exp.add_argument("--pairs", type=int, default=40, help="same-class pairs to explain")
     exp.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
     exp.add_argument("--k", type=int, default=5, help="images retrieved per insertion/deletion")
     exp.add_argument("--draws", type=int, default=3, help="counterfactual renders averaged per factor")
-    exp.add_argument("--prior", default=None, help="ranker prior JSON (sane estimate-prior); default uniform")
+    exp.add_argument("--prior", default=None, help="ranker prior JSON (sane estimate-prior) or 'uniform'; default: "
+                                                    "each model's tuned prior, w and gamma (sane tune-ranker), if any")
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--batch-size", type=int, default=128)
     exp.add_argument("--device", default="cpu")
     exp.add_argument("--out", default=None, help="also write the report as JSON here")
     exp.add_argument("--quiet", action="store_true")
     exp.set_defaults(func=_cmd_eval_explanations)
+
+    pipe = sub.add_parser(
+        "pipeline",
+        help="train similarity, cache saliency, train SANE and the classifier, calibrate, estimate the prior, "
+             "evaluate: every step on one data set, resumable",
+        description="Runs train-similarity, cache-saliency, train-attributes (sane, classifier), calibrate-attributes, "
+                    "estimate-prior, eval-attributes and eval-explanations on --data (AwA2 or Polyvore Outfits "
+                    "layout), every artifact under --out. A rerun skips finished steps and resumes an interrupted one.",
+    )
+    pipe.add_argument("--data", required=True, help=DATA_HELP)
+    pipe.add_argument("--out", required=True, help="folder for every artifact and pipeline.json (a rerun resumes it)")
+    group = pipe.add_argument_group("similarity model")
+    group.add_argument("--arch", default="compact", choices=["compact", "resnet18", "resnet50"])
+    group.add_argument("--dim", type=int, default=64)
+    group.add_argument("--image-size", type=int, default=112, help="input side of the similarity and attribute models")
+    group.add_argument("--epochs", type=int, default=15, help="similarity training epochs")
+    group.add_argument("--classes-per-batch", type=int, default=8)
+    group.add_argument("--per-class", type=int, default=4)
+    group = pipe.add_argument_group("saliency cache")
+    group.add_argument("--n-masks", type=int, default=2000, help="RISE masks per cached map")
+    group.add_argument("--refs", type=int, default=5, help="same-class references per training image, at most")
+    group.add_argument("--map-size", type=int, default=28, help="side of the stored maps")
+    group.add_argument("--cache-limit", type=int, default=None, help="cache only this many images")
+    group = pipe.add_argument_group("attribute models")
+    group.add_argument("--attribute-arch", default="compact", choices=["compact", "resnet50"])
+    group.add_argument("--attribute-epochs", type=int, default=300)
+    group.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better mAP")
+    group.add_argument("--attribute-batch-size", type=int, default=64)
+    group.add_argument("--lam", type=float, default=5e-3, help="weight of the saliency loss (SANE)")
+    group.add_argument("--limit", type=int, default=None, help="train the attribute models on this many images only")
+    group.add_argument("--calibration", default="f1", choices=["f1", "median"])
+    group = pipe.add_argument_group("prior and evaluation")
+    group.add_argument("--prior-by", default="auto", choices=["auto", "deletion", "counterfactual"],
+                       help="auto: exact counterfactuals when the data has scenes (synthetic), else attribute deletion")
+    group.add_argument("--prior-pairs", type=int, default=200)
+    group.add_argument("--eval-split", default="test", choices=["train", "test", "all"])
+    group.add_argument("--eval-limit", type=int, default=None, help="eval-attributes on a random subset of this size")
+    group.add_argument("--eval-pairs", type=int, default=40, help="same-class pairs explained by eval-explanations")
+    group.add_argument("--eval-n-masks", type=int, default=300, help="RISE masks per query map in eval-explanations")
+    group.add_argument("--k", type=int, default=5, help="images retrieved per attribute insertion/deletion")
+    group.add_argument("--draws", type=int, default=3, help="counterfactual renders per factor (synthetic data)")
+    pipe.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    pipe.add_argument("--seed", type=int, default=0)
+    pipe.add_argument("--batch-size", type=int, default=250, help="forward batches of RISE and the evaluations")
+    pipe.add_argument("--device", default="cpu")
+    pipe.add_argument("--quiet", action="store_true", help="no progress bars (the per-step lines stay)")
+    pipe.set_defaults(func=_cmd_pipeline)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sane.data import AttributeDataset
+from sane.data import LabelledImageDataset, open_dataset
 from sane.images import Preprocess
 from sane.saliency import RISE
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
@@ -127,7 +127,7 @@ def build_saliency_cache(
     """
     if refs < 1 or size < 1 or chunk_size < 1:
         raise ValueError(f"refs, size and chunk_size must be >= 1, got {refs}, {size}, {chunk_size}")
-    dataset = AttributeDataset(data_dir, split="train", preprocess=preprocess)
+    dataset = open_dataset(data_dir, split="train", preprocess=preprocess)
     targets = np.asarray(dataset.targets)
     pool = ~validation_split(targets, val_fraction, seed)
     order = cache_order(targets, pool, seed)
@@ -211,7 +211,7 @@ class SaliencyCache:
         """Number of cached images."""
         return len(self.image_index)
 
-    def aligned(self, dataset: AttributeDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def aligned(self, dataset: LabelledImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
         """(maps (N, refs, size, size) float16, valid (N, refs) bool) indexed like ``dataset``'s images;
         images the cache does not cover get no valid map. Refuses a cache made from other images."""
         paths = self.manifest["paths"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sane.data import AttributeDataset
+from sane.data import open_dataset
 from sane.images import Preprocess
 from sane.models import build_embedding, save_similarity
 from sane.train.triplet import pk_batches, triplet_loss
@@ -40,7 +40,7 @@ def train_similarity(
     """
     torch.manual_seed(seed)
     preprocess = Preprocess(image_size)
-    dataset = AttributeDataset(data_dir, split="train", preprocess=preprocess)
+    dataset = open_dataset(data_dir, split="train", preprocess=preprocess)
     images, labels = dataset.stack_images(progress=progress), np.asarray(dataset.targets)
     model = build_embedding(arch, dim, weights).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)

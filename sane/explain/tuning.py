@@ -1,0 +1,225 @@
+"""Choosing the ranker's w and γ on validation pairs (SPEC §4: "w and γ chosen on validation pairs").
+
+For same-class pairs (q, r) of the validation images of the *training* classes (the test classes
+stay unseen), every attribute model's ranker terms (confidence, map match) are computed once for
+q's fixed-reference RISE map, together with how good each attribute of q would be as the pair's
+explanation:
+
+- on synthetic data (scenes known), 1 when the attribute belongs to the factor whose exact
+  counterfactual change lowers s(q, r) the most (SPEC §6), else 0;
+- on real data, minus the attribute's retrieval deletion Δ (SPEC §5), so a more negative Δ is better.
+
+A grid of (w, γ) is then scored without further forward passes: each pair's top-1 candidate under
+``prior^γ · (w·conf + (1 − w)·match)`` earns that attribute's utility; the best mean wins (ties go to
+the paper's w = 0.5, γ = 1, then to the smaller γ).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+from tqdm.auto import tqdm
+
+from sane.data import open_dataset
+from sane.evaluation.attribute_explanations import (
+    averaged_predictions,
+    best_factor,
+    counterfactual_deltas,
+    retrieval_delta,
+    same_class_index_pairs,
+)
+from sane.explain.ranker import ATTRIBUTE_FACTORS, DEFAULT_GAMMA, DEFAULT_W, AttributeRanker
+from sane.images import Preprocess
+from sane.models.embedder import Embedder
+from sane.saliency import RISE
+from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
+
+W_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+GAMMA_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass
+class PairTerms:
+    """One validation pair as the grid search needs it (arrays over the model's attributes)."""
+
+    confidence: np.ndarray  # (A,)
+    match: np.ndarray  # (A,)
+    candidates: np.ndarray  # (A,) bool: predicted present (the ranker's candidates)
+    utility: np.ndarray  # (A,) how good each attribute is as the explanation (NaN: unknown)
+
+
+def top1_utility(pairs: Sequence[PairTerms], prior: np.ndarray, w: float, gamma: float) -> float:
+    """Mean utility of each pair's top-1 candidate under ``prior^γ · (w·conf + (1−w)·match)``.
+
+    Pairs without a candidate or whose top-1 has unknown utility are left out (NaN if none is left).
+    """
+    weight = np.power(prior, gamma)
+    values = []
+    for p in pairs:
+        idx = np.flatnonzero(p.candidates)
+        if len(idx) == 0:
+            continue
+        score = weight[idx] * (w * p.confidence[idx] + (1.0 - w) * p.match[idx])
+        u = p.utility[idx[int(np.argmax(score))]]
+        if np.isfinite(u):
+            values.append(float(u))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def select_weights(
+    pairs: Sequence[PairTerms],
+    prior: np.ndarray,
+    w_grid: Sequence[float] = W_GRID,
+    gamma_grid: Sequence[float] = GAMMA_GRID,
+) -> dict:
+    """The (w, γ) of the grids with the best :func:`top1_utility`; returns ``{"w", "gamma", "utility", "grid"}``
+    with ``grid`` the utility of every (w, γ) (rows: γ, columns: w)."""
+    grid = np.array([[top1_utility(pairs, prior, w, g) for w in w_grid] for g in gamma_grid])
+    if not np.isfinite(grid).any():
+        raise ValueError("no validation pair has a candidate attribute with a known utility")
+    best = np.nanmax(grid)
+    ties = [(gi, wi) for gi in range(len(gamma_grid)) for wi in range(len(w_grid)) if grid[gi, wi] >= best - 1e-12]
+    paper = [(gi, wi) for gi, wi in ties if w_grid[wi] == DEFAULT_W and gamma_grid[gi] == DEFAULT_GAMMA]
+    gi, wi = paper[0] if paper else min(ties, key=lambda t: (gamma_grid[t[0]], abs(w_grid[t[1]] - DEFAULT_W)))
+    return {"w": float(w_grid[wi]), "gamma": float(gamma_grid[gi]), "utility": float(best),
+            "grid": grid.tolist(), "w_grid": list(w_grid), "gamma_grid": list(gamma_grid)}
+
+
+def validation_terms(
+    similarity_model: nn.Module,
+    similarity_preprocess: Preprocess,
+    attribute_models: Mapping[str, tuple[nn.Module, Preprocess]],
+    data_dir: str | os.PathLike,
+    n_pairs: int = 200,
+    n_masks: int = 300,
+    k: int = 5,
+    draws: int = 3,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> tuple[dict[str, list[PairTerms]], str]:
+    """Per model name, the :class:`PairTerms` of ``n_pairs`` validation pairs; and the utility used
+    (``"counterfactual"`` on synthetic data, ``"deletion"`` otherwise)."""
+    rng = np.random.default_rng([seed, 4])
+    sim_data = open_dataset(data_dir, split="train", preprocess=similarity_preprocess)
+    val_idx = np.flatnonzero(validation_split(sim_data.targets, val_fraction, seed))
+    if len(val_idx) < 2:
+        raise ValueError(f"{data_dir}: too few validation images ({len(val_idx)}) to form pairs")
+    scenes = sim_data.scenes
+    synthetic = scenes is not None and all(scenes[i] is not None for i in val_idx)
+    images_sim = sim_data.stack_images(val_idx, progress=progress)
+    images_attr = {
+        name: images_sim if pre == similarity_preprocess
+        else open_dataset(data_dir, split="train", preprocess=pre).stack_images(val_idx)
+        for name, (_, pre) in attribute_models.items()
+    }
+    attributes = list(sim_data.attributes)
+    labels = sim_data.image_attributes[val_idx].astype(bool)
+    embedder = Embedder(similarity_model, batch_size)
+    emb = embedder(images_sim).numpy()
+    preds = None
+    if not synthetic:
+        names = list(attribute_models)
+        preds = averaged_predictions([attribute_models[m][0] for m in names], [images_attr[m] for m in names],
+                                     attributes, batch_size)
+    rise = RISE(similarity_model, n_masks=n_masks, batch_size=batch_size, seed=seed, fuse=True, channels_last=True)
+    rankers = {name: AttributeRanker(model, prior="uniform") for name, (model, _) in attribute_models.items()}
+    out: dict[str, list[PairTerms]] = {name: [] for name in attribute_models}
+    targets = [sim_data.targets[i] for i in val_idx]
+    for qi, ri in tqdm(same_class_index_pairs(targets, n_pairs, rng), desc="validation pairs", disable=not progress):
+        if synthetic:
+            deltas = counterfactual_deltas(embedder, similarity_preprocess, scenes[val_idx[qi]], images_sim[ri], draws,
+                                           rng)
+            best = best_factor(deltas)
+            utility_by_name = {a: float(ATTRIBUTE_FACTORS.get(a) == best) for a in attributes}
+        else:
+            db = np.ones(len(val_idx), dtype=bool)
+            db[[qi, ri]] = False
+            sim_to_r, s_qr = emb @ emb[ri], float(emb[qi] @ emb[ri])
+            utility_by_name = {}
+            for j, a in enumerate(attributes):
+                if labels[qi, j]:
+                    d, _ = retrieval_delta(sim_to_r, s_qr, preds[qi], preds, db & ~labels[:, j], k, ignore=j)
+                    utility_by_name[a] = -d
+        saliency = rise.explain(images_sim[qi], images_sim[ri]).query_map
+        for name, ranker in rankers.items():
+            t = ranker.terms(images_attr[name][qi], saliency)
+            out[name].append(PairTerms(
+                confidence=t["confidence"].numpy(),
+                match=t["match"].numpy(),
+                candidates=(t["z"] >= ranker.thresholds).numpy(),
+                utility=np.array([utility_by_name.get(a, np.nan) for a in ranker.attributes]),
+            ))
+    return out, "counterfactual" if synthetic else "deletion"
+
+
+def prior_vector(prior: Mapping[str, float] | None, attributes: Sequence[str]) -> np.ndarray:
+    """The prior as an (A,) array in ``attributes`` order (None: uniform); names it lacks get 0."""
+    if prior is None:
+        return np.full(len(attributes), 1.0 / len(attributes))
+    return np.array([float(prior.get(a, 0.0)) for a in attributes])
+
+
+def format_selection(name: str, selection: dict, utility: str) -> str:
+    """A short report: the chosen (w, γ), and the utility at the paper's (0.5, 1) and at γ = 0 (no prior)."""
+    grid = np.array(selection["grid"])
+    w_grid, g_grid = selection["w_grid"], selection["gamma_grid"]
+    paper = grid[g_grid.index(DEFAULT_GAMMA), w_grid.index(DEFAULT_W)] if DEFAULT_W in w_grid and \
+        DEFAULT_GAMMA in g_grid else float("nan")
+    no_prior = np.nanmax(grid[g_grid.index(0.0)]) if 0.0 in g_grid else float("nan")
+    what = "counterfactual top-1" if utility == "counterfactual" else "-(retrieval deletion Δ)"
+    return (f"{name}: w={selection['w']:g} gamma={selection['gamma']:g} -> {what} {selection['utility']:.3f} "
+            f"(paper's w=0.5, gamma=1: {paper:.3f}; best without the prior: {no_prior:.3f})")
+
+
+def tune_ranker_weights(
+    terms: Mapping[str, list[PairTerms]],
+    attribute_models: Mapping[str, tuple[nn.Module, Preprocess]],
+    prior: Mapping[str, float] | None,
+) -> dict[str, dict]:
+    """:func:`select_weights` per model, with the prior in each model's attribute order."""
+    for name, (model, _) in attribute_models.items():
+        unknown = sorted(set(prior or {}) - set(model.attributes))
+        if unknown:
+            raise ValueError(f"the prior names attributes that model {name!r} lacks: {', '.join(unknown)}")
+    return {
+        name: select_weights(terms[name], prior_vector(prior, list(model.attributes)))
+        for name, (model, _) in attribute_models.items()
+    }
+
+
+
+def tune_ranker(
+    similarity_path: str | os.PathLike | None,
+    attribute_paths: Mapping[str, str | os.PathLike],
+    data_dir: str | os.PathLike,
+    prior: Mapping[str, float] | None,
+    write: bool = True,
+    device: str = "cpu",
+    **options,
+) -> tuple[dict[str, dict], str]:
+    """`sane tune-ranker`: choose (w, γ) per attribute model on validation pairs and, with ``write``,
+    store ``{"prior", "w", "gamma"}`` in each checkpoint as its ranker defaults (weights, thresholds
+    and metadata kept). ``options`` go to :func:`validation_terms`. Returns the selections and the
+    utility used."""
+    from sane.models import load_similarity
+    from sane.models.attributes import load_attributes, read_attribute_checkpoint, save_attributes
+
+    similarity_model, similarity_preprocess = load_similarity(similarity_path, device)
+    models = {name: load_attributes(path, device) for name, path in attribute_paths.items()}
+    terms, utility = validation_terms(similarity_model, similarity_preprocess, models, data_dir, **options)
+    selections = tune_ranker_weights(terms, models, prior)
+    if write:
+        for name, path in attribute_paths.items():
+            ckpt = read_attribute_checkpoint(path)
+            model, preprocess = models[name]
+            ranker = {"prior": dict(prior) if prior is not None else None,
+                      "w": selections[name]["w"], "gamma": selections[name]["gamma"]}
+            save_attributes(path, model.cpu(), preprocess, ckpt.get("thresholds"), ranker=ranker,
+                            **{**ckpt.get("meta", {}), "ranker_utility": utility})
+    return selections, utility

@@ -1,0 +1,288 @@
+"""`sane pipeline`: one command from a data directory (AwA2 or Polyvore Outfits layout) to evaluated explanations.
+
+Steps, in order, each the function its own `sane` command calls, every artifact under ``out``:
+
+1. ``train-similarity``    -> ``similarity.pt``            (:func:`~sane.train.similarity.train_similarity`)
+2. ``cache-saliency``      -> ``saliency_cache/``          (:func:`~sane.train.saliency_cache.build_saliency_cache`)
+3. ``train-sane``          -> ``attributes_sane.pt``       (:func:`~sane.train.attributes.train_attributes`)
+4. ``train-classifier``    -> ``attributes_classifier.pt`` (the same, λ = 0)
+5. ``calibrate``           both checkpoints' thresholds, in place (:func:`~sane.train.attributes.calibrate_attributes`)
+6. ``estimate-prior``      -> ``prior.json``               (:func:`~sane.evaluation.prior.estimate_prior`)
+7. ``eval-attributes``     -> ``eval_attributes.json``     (both models; mAP, saliency agreement, pointing with masks)
+8. ``eval-explanations``   -> ``eval_explanations.json``   (Random / Classifier / SANE, ranked with the prior)
+
+Resuming: ``pipeline.json`` records each step's settings and whether it finished. A rerun skips the
+finished steps whose settings are unchanged and whose outputs exist; the first other step runs (an
+interrupted one resumes from its own state: epoch files, cache chunks) and so does every step after
+it, because their inputs may have changed (their stale outputs are removed first). Changing, say,
+``--eval-pairs`` therefore reruns the last step only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sane.train.validation_split import DEFAULT_VAL_FRACTION
+
+STATE_FILE = "pipeline.json"
+STATE_FORMAT = 1
+
+
+@dataclass
+class PipelineOptions:
+    """Every setting of the pipeline; the defaults are those of the single commands (the paper's where it has one)."""
+
+    arch: str = "compact"  # similarity network
+    dim: int = 64
+    image_size: int = 112  # input side of the similarity and attribute models
+    epochs: int = 15  # similarity training
+    classes_per_batch: int = 8
+    per_class: int = 4
+    n_masks: int = 2000  # RISE masks per cached map
+    refs: int = 5
+    map_size: int = 28
+    cache_limit: int | None = None
+    attribute_arch: str = "compact"
+    attribute_epochs: int = 300
+    patience: int | None = None
+    attribute_batch_size: int = 64
+    lam: float = 5e-3
+    limit: int | None = None  # attribute training images
+    calibration: str = "f1"
+    prior_by: str = "auto"
+    prior_pairs: int = 200
+    eval_split: str = "test"
+    eval_limit: int | None = None
+    eval_pairs: int = 40
+    eval_n_masks: int = 300
+    k: int = 5
+    draws: int = 3
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    seed: int = 0
+    batch_size: int = 250  # forward batches of RISE and the evaluations (does not change results)
+    device: str = "cpu"
+
+
+@dataclass
+class Step:
+    """One step: its name, the files it owns under ``out``, the settings it depends on, and what runs it."""
+
+    name: str
+    outputs: list[str]
+    settings: list[str]
+    run: Callable[[], str] = field(repr=False)  # returns a one-line summary
+
+
+def _remove(path: Path) -> None:
+    """Delete a step's output (file, directory, or a checkpoint's ``.state`` beside it)."""
+    for p in (path, path.with_name(path.name + ".state")):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file, then rename): an interruption never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _load_state(out: Path, data: str) -> dict:
+    """The state of an earlier run in ``out`` (or a fresh one); refuses a folder made from other data."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        return {"format": STATE_FORMAT, "data": data, "steps": {}}
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): delete it to start the pipeline over") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or not isinstance(state.get("steps"), dict):
+        raise ValueError(f"{path} is not a sane pipeline state file: delete it or choose another --out")
+    if state.get("data") != data:
+        raise ValueError(f"{out} holds a pipeline run on {state.get('data')}, not {data}: choose another --out")
+    return state
+
+
+def run_pipeline(
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    options: PipelineOptions | None = None,
+    progress: bool = True,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run (or resume) every step on ``data_dir``, writing under ``out``; returns ``{"steps": {name:
+    "ran" | "skipped"}, "out": out, "prior_by": measure}`` plus the two evaluation reports.
+
+    ``progress`` shows the steps' progress bars; one line per step start and end is always logged.
+    """
+    from sane.data import detect_format
+
+    opts = options or PipelineOptions()
+    data = str(Path(data_dir).resolve())
+    layout = detect_format(data)  # fail before creating anything when the directory is not a data set
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = _load_state(out, data)
+    paths = {
+        "similarity": out / "similarity.pt",
+        "cache": out / "saliency_cache",
+        "sane": out / "attributes_sane.pt",
+        "classifier": out / "attributes_classifier.pt",
+        "prior": out / "prior.json",
+        "eval_attributes": out / "eval_attributes.json",
+        "eval_explanations": out / "eval_explanations.json",
+    }
+    results: dict[str, Any] = {}
+
+    def train_similarity_step() -> str:
+        from sane.train.similarity import train_similarity
+
+        train_similarity(data, paths["similarity"], arch=opts.arch, dim=opts.dim, image_size=opts.image_size,
+                         epochs=opts.epochs, classes_per_batch=opts.classes_per_batch, per_class=opts.per_class,
+                         seed=opts.seed, device=opts.device, progress=progress, command=command)
+        return f"wrote {paths['similarity']}"
+
+    def cache_step() -> str:
+        from sane.models import load_similarity
+        from sane.train.saliency_cache import SaliencyCache, build_saliency_cache
+
+        model, preprocess = load_similarity(paths["similarity"], opts.device)
+        build_saliency_cache(data, paths["cache"], model, preprocess, n_masks=opts.n_masks, refs=opts.refs,
+                             size=opts.map_size, limit=opts.cache_limit, val_fraction=opts.val_fraction, seed=opts.seed,
+                             batch_size=opts.batch_size, device=opts.device, progress=progress)
+        return f"{len(SaliencyCache(paths['cache']))} images cached in {paths['cache']}"
+
+    def attribute_step(kind: str) -> Callable[[], str]:
+        def run() -> str:
+            from sane.train.attributes import train_attributes
+
+            report = train_attributes(
+                data, paths[kind], kind=kind, cache=paths["cache"] if kind == "sane" else None,
+                arch=opts.attribute_arch, image_size=opts.image_size, epochs=opts.attribute_epochs,
+                batch_size=opts.attribute_batch_size, lam=opts.lam, val_fraction=opts.val_fraction,
+                patience=opts.patience, limit=opts.limit, seed=opts.seed, device=opts.device, progress=progress,
+                command=command,
+            )
+            return (f"validation mAP {report['best_map']:.4f} at epoch {report['best_epoch']} "
+                    f"(untrained {report['initial_map']:.4f}); wrote {paths[kind]}")
+
+        return run
+
+    def calibrate_step() -> str:
+        from sane.train.attributes import calibrate_attributes
+
+        for kind in ("sane", "classifier"):
+            calibrate_attributes(paths[kind], data, opts.calibration, opts.val_fraction, opts.seed, progress=progress)
+        return f"{opts.calibration} thresholds in {paths['sane'].name} and {paths['classifier'].name}"
+
+    def prior_step() -> str:
+        from sane.evaluation.prior import estimate_prior
+        from sane.explain.ranker import save_prior
+
+        prior, measure = estimate_prior(data, paths["similarity"], by=opts.prior_by, sane=paths["sane"],
+                                        classifier=paths["classifier"], n_pairs=opts.prior_pairs, k=opts.k,
+                                        val_fraction=opts.val_fraction, seed=opts.seed, batch_size=opts.batch_size,
+                                        device=opts.device, progress=progress)
+        save_prior(paths["prior"], prior)
+        state["prior_by"] = measure
+        top = sorted(prior.items(), key=lambda kv: -kv[1])[:5]
+        return f"prior by {measure}: " + ", ".join(f"{a} {p:.3f}" for a, p in top) + f"; wrote {paths['prior']}"
+
+    def eval_attributes_step() -> str:
+        from sane.evaluation.attributes import (
+            evaluate_attributes,
+            format_attribute_report,
+            saliency_agreement,
+        )
+        from sane.models.attributes import load_attributes
+
+        reports = {}
+        for kind in ("sane", "classifier"):
+            model, preprocess = load_attributes(paths[kind], opts.device)
+            report = evaluate_attributes(model, preprocess, data, split=opts.eval_split, limit=opts.eval_limit,
+                                         seed=opts.seed, batch_size=opts.batch_size, progress=progress)
+            report["saliency_agreement"] = saliency_agreement(model, preprocess, data, paths["cache"],
+                                                              batch_size=opts.batch_size)
+            log(f"{kind}: " + format_attribute_report(report))
+            reports[kind] = report
+        _write_json(paths["eval_attributes"], reports)
+        return f"test mAP sane {reports['sane']['mAP']:.4f}, classifier {reports['classifier']['mAP']:.4f}; " \
+               f"wrote {paths['eval_attributes']}"
+
+    def eval_explanations_step() -> str:
+        from sane.evaluation.attribute_explanations import evaluate_explanations, format_explanation_table
+        from sane.explain.ranker import load_prior
+        from sane.models import load_similarity
+        from sane.models.attributes import load_attributes
+
+        similarity, preprocess = load_similarity(paths["similarity"], opts.device)
+        models = {kind: load_attributes(paths[kind], opts.device) for kind in ("sane", "classifier")}
+        report = evaluate_explanations(similarity, preprocess, models, data, split=opts.eval_split,
+                                       n_pairs=opts.eval_pairs, n_masks=opts.eval_n_masks, k=opts.k, draws=opts.draws,
+                                       seed=opts.seed, batch_size=opts.batch_size, progress=progress,
+                                       prior=load_prior(paths["prior"]))
+        report["prior"] = str(paths["prior"])
+        log(format_explanation_table(report))
+        _write_json(paths["eval_explanations"], report)
+        return f"wrote {paths['eval_explanations']}"
+
+    training = ["attribute_arch", "image_size", "attribute_epochs", "patience", "attribute_batch_size", "limit",
+                "val_fraction", "seed"]
+    steps = [
+        Step("train-similarity", ["similarity.pt"],
+             ["arch", "dim", "image_size", "epochs", "classes_per_batch", "per_class", "seed"], train_similarity_step),
+        Step("cache-saliency", ["saliency_cache"], ["n_masks", "refs", "map_size", "cache_limit", "val_fraction", "seed"],
+             cache_step),
+        Step("train-sane", ["attributes_sane.pt"], [*training, "lam"], attribute_step("sane")),
+        Step("train-classifier", ["attributes_classifier.pt"], training, attribute_step("classifier")),
+        Step("calibrate", [], ["calibration", "val_fraction", "seed"], calibrate_step),
+        Step("estimate-prior", ["prior.json"], ["prior_by", "prior_pairs", "k", "val_fraction", "seed"], prior_step),
+        Step("eval-attributes", ["eval_attributes.json"], ["eval_split", "eval_limit", "seed"], eval_attributes_step),
+        Step("eval-explanations", ["eval_explanations.json"],
+             ["eval_split", "eval_pairs", "eval_n_masks", "k", "draws", "seed"], eval_explanations_step),
+    ]
+    values = asdict(opts)
+    log(f"pipeline on {data} ({layout} layout) -> {out}")
+    status: dict[str, str] = {}
+    stale = False  # once a step runs, every later step must run again
+    for number, step in enumerate(steps, 1):
+        settings = {name: values[name] for name in step.settings}
+        record = state["steps"].get(step.name)
+        outputs = [out / name for name in step.outputs]
+        finished = record is not None and record.get("done") and record.get("settings") == settings
+        if not stale and finished and all(p.exists() for p in outputs):
+            log(f"[{number}/{len(steps)}] {step.name}: finished before, skipped")
+            status[step.name] = "skipped"
+            continue
+        if stale or (record is not None and record.get("settings") != settings) or (record or {}).get("done"):
+            for p in outputs:  # made from other inputs or settings: start this step over
+                _remove(p)
+        elif outputs and any(p.exists() for p in outputs):
+            log(f"[{number}/{len(steps)}] {step.name}: resuming an interrupted run")
+        stale = True
+        state["steps"][step.name] = {"settings": settings, "done": False}
+        _write_json(out / STATE_FILE, state)
+        log(f"[{number}/{len(steps)}] {step.name} ...")
+        start = time.perf_counter()
+        summary = step.run()
+        seconds = time.perf_counter() - start
+        state["steps"][step.name] = {"settings": settings, "done": True, "seconds": round(seconds, 2)}
+        _write_json(out / STATE_FILE, state)
+        log(f"[{number}/{len(steps)}] {step.name} done in {seconds:.1f} s: {summary}")
+        status[step.name] = "ran"
+    results["steps"] = status
+    results["out"] = str(out)
+    results["prior_by"] = state.get("prior_by")
+    for key in ("eval_attributes", "eval_explanations"):
+        results[key] = json.loads(paths[key].read_text())
+    return results
