@@ -89,3 +89,16 @@ def test_compiled_forward_gives_the_same_map_and_leaves_gradients_to_the_eager_m
     fast = compiled.explain(q, r)
     assert fast.similarity == pytest.approx(plain.similarity, abs=1e-4)
     torch.testing.assert_close(fast.query_map, plain.query_map, rtol=1e-3, atol=1e-4)
+
+
+def test_amp_with_fuse_casts_the_private_copy_once_and_keeps_the_map():
+    model = _trained_bn_model()
+    q, r = torch.randn(3, 64, 64), torch.randn(3, 64, 64)
+    plain = RISE(model, n_masks=64, grid=4, batch_size=32).explain(q, r)
+    fast = RISE(model, n_masks=64, grid=4, batch_size=32, fuse=True, channels_last=True, amp=True)
+    assert next(fast.model.parameters()).dtype == torch.bfloat16  # weights cast once, not per call
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model untouched
+    result = fast.explain(q, r)
+    assert result.query_map.dtype == torch.float32
+    corr = torch.corrcoef(torch.stack([result.query_map.flatten(), plain.query_map.flatten()]))[0, 1]
+    assert corr > 0.99 and result.similarity == pytest.approx(plain.similarity, abs=2e-2)

@@ -45,13 +45,16 @@ class Embedder:
             raise InputError(f"batch_size must be >= 1, got {batch_size}", "batch_size")
         if getattr(model, "training", False):
             warnings.warn("model is in training mode; call model.eval() for stable explanations", stacklevel=3)
-        self.model = prepare_for_inference(model, fuse, channels_last)
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.model = prepare_for_inference(model, fuse, channels_last, self.amp_dtype if amp else None)
+        # A private copy with low-precision weights takes low-precision input (no per-call weight casts).
+        self.input_dtype = self.amp_dtype if amp and self.model is not model else None
         # The inference forward: the model, or its torch.compile'd graph (weights frozen as constants).
         self._infer = torch.compile(self.model, dynamic=False, options={"freezing": True}) if compile else self.model
         self.batch_size = int(batch_size)
         self.amp = amp
         self.channels_last = channels_last
-        self.device = torch.device(device) if device is not None else model_device(model)
         self.images_seen = 0  # forward-pass counter (images), for cost accounting
 
     def __call__(self, x: torch.Tensor, condition=None) -> torch.Tensor:
@@ -63,8 +66,9 @@ class Embedder:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+        if self.input_dtype is not None:
+            x = x.to(self.input_dtype)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             out = self._infer(x) if condition is None else self._infer(x, condition)
         self.images_seen += len(x)
         if out.dim() != 2:

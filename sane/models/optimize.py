@@ -50,13 +50,19 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     return fused.eval()
 
 
-def prepare_for_inference(model: nn.Module, fuse: bool = False, channels_last: bool = False) -> nn.Module:
-    """``model`` with BN folded (``fuse``) and, when that made a copy, its weights NHWC (``channels_last``).
+def prepare_for_inference(
+    model: nn.Module, fuse: bool = False, channels_last: bool = False, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """``model`` with BN folded (``fuse``) and, when that made a copy, its weights NHWC
+    (``channels_last``) and cast to ``dtype`` (the autocast precision: cast once, not at every call).
 
     The caller's model is never modified: without fusion it is returned as it is (inputs are still
-    made NHWC by the Embedder; only a private copy gets NHWC weights).
+    made NHWC and autocast by the Embedder; only a private copy gets NHWC or low-precision weights).
     """
     prepared = fuse_conv_bn(model) if fuse else model
-    if channels_last and prepared is not model:
-        prepared = prepared.to(memory_format=torch.channels_last)
+    if prepared is not model:
+        if channels_last:
+            prepared = prepared.to(memory_format=torch.channels_last)
+        if dtype is not None:
+            prepared = prepared.to(dtype)
     return prepared

@@ -105,10 +105,12 @@ def _cmd_tune_ranker(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_attributes(args: argparse.Namespace) -> int:
-    """mAP and activation-map pointing game of an attribute model on held-out images."""
+    """mAP and activation-map pointing game of one attribute model; without --model, the paper's table."""
     from sane.evaluation.attributes import evaluate_attributes, format_attribute_report, saliency_agreement
     from sane.models.attributes import load_attributes
 
+    if args.model is None:
+        return _cmd_eval_explanations(args)
     model, preprocess = load_attributes(args.model, args.device)
     report = evaluate_attributes(model, preprocess, args.data, split=args.split, limit=args.limit, seed=args.seed,
                                  progress=not args.quiet)
@@ -134,8 +136,11 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
         "sane": load_attributes(args.sane or default_attribute_weights("sane"), args.device),
         "classifier": load_attributes(args.classifier or default_attribute_weights("classifier"), args.device),
     }
-    if args.fashionsearchnet:
-        attribute_models["fashionsearchnet"] = load_attributes(args.fashionsearchnet, args.device)
+    fsn = args.fashionsearchnet
+    if fsn is None and args.sane is None and default_attribute_weights("fashionsearchnet").is_file():
+        fsn = default_attribute_weights("fashionsearchnet")  # the bundled models' table includes the bundled FSN
+    if fsn and fsn != "none":
+        attribute_models["fashionsearchnet"] = load_attributes(fsn, args.device)
     report = evaluate_explanations(similarity, preprocess, attribute_models, args.data, split=args.split,
                                    n_pairs=args.pairs, n_masks=args.n_masks, k=args.k, draws=args.draws,
                                    seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
@@ -146,6 +151,23 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    """Options of the attribute-explanation table (eval-explanations, eval-attributes without --model)."""
+    p.add_argument("--similarity", default=None, help="similarity checkpoint (default: bundled)")
+    p.add_argument("--sane", default=None, help="SANE attribute checkpoint (default: bundled)")
+    p.add_argument("--classifier", default=None, help="attribute-classifier checkpoint (default: bundled)")
+    p.add_argument("--fashionsearchnet", default=None,
+                   help="FashionSearchNet checkpoint for its row (default: the bundled one with the bundled models; "
+                        "'none' to leave the row out)")
+    p.add_argument("--pairs", type=int, default=40, help="same-class pairs to explain")
+    p.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
+    p.add_argument("--k", type=int, default=5, help="images retrieved per insertion/deletion")
+    p.add_argument("--draws", type=int, default=3, help="counterfactual renders averaged per factor")
+    p.add_argument("--prior", default=None, help="ranker prior JSON (sane estimate-prior) or 'uniform'; default: "
+                                                  "each model's tuned prior, w and gamma (sane tune-ranker), if any")
+    p.add_argument("--batch-size", type=int, default=128)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -201,8 +223,11 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=_cmd_train_attributes)
 
-    ev = sub.add_parser("eval-attributes", help="attribute mAP and activation-map pointing game on held-out images")
-    ev.add_argument("--model", default=None, help="attribute checkpoint (default: bundled SANE model)")
+    ev = sub.add_parser("eval-attributes", help="the paper's attribute table (Random, Attribute Classifier, "
+                                               "FashionSearchNet, SANE: insertion, deletion, mAP); with --model, "
+                                               "one model's mAP and activation-map pointing game")
+    ev.add_argument("--model", default=None, help="one attribute checkpoint to report on (default: the table)")
+    _add_table_options(ev)
     ev.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     ev.add_argument("--split", default="test", choices=["train", "test", "all"])
     ev.add_argument("--limit", type=int, default=None, help="evaluate a random subset of this many images")
@@ -268,18 +293,8 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--data", default=DEFAULT_DATA,
                      help=DATA_HELP + " (the counterfactual check needs scenes.jsonl, i.e. the synthetic data)")
     exp.add_argument("--split", default="test", choices=["train", "test", "all"], help="pairs and retrieval database")
-    exp.add_argument("--similarity", default=None, help="similarity checkpoint (default: bundled)")
-    exp.add_argument("--sane", default=None, help="SANE attribute checkpoint (default: bundled)")
-    exp.add_argument("--classifier", default=None, help="attribute-classifier checkpoint (default: bundled)")
-    exp.add_argument("--fashionsearchnet", default=None, help="FashionSearchNet checkpoint: adds its row")
-    exp.add_argument("--pairs", type=int, default=40, help="same-class pairs to explain")
-    exp.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
-    exp.add_argument("--k", type=int, default=5, help="images retrieved per insertion/deletion")
-    exp.add_argument("--draws", type=int, default=3, help="counterfactual renders averaged per factor")
-    exp.add_argument("--prior", default=None, help="ranker prior JSON (sane estimate-prior) or 'uniform'; default: "
-                                                    "each model's tuned prior, w and gamma (sane tune-ranker), if any")
+    _add_table_options(exp)
     exp.add_argument("--seed", type=int, default=0)
-    exp.add_argument("--batch-size", type=int, default=128)
     exp.add_argument("--device", default="cpu")
     exp.add_argument("--out", default=None, help="also write the report as JSON here")
     exp.add_argument("--quiet", action="store_true")

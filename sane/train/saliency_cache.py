@@ -157,7 +157,8 @@ def build_saliency_cache(
     chunks = [order[start : start + chunk_size] for start in range(0, len(order), chunk_size)]
     todo = [k for k, chunk in enumerate(chunks) if not _chunk_done(_chunk_path(out, k), chunk)]
     done_images = len(order) - sum(len(chunks[k]) for k in todo)
-    rise = RISE(model, n_masks=n_masks, grid=grid, p=p, batch_size=batch_size, seed=seed, device=device)
+    rise = RISE(model, n_masks=n_masks, grid=grid, p=p, batch_size=batch_size, seed=seed, device=device,
+                fuse=True, channels_last=True)  # BN folded, NHWC: the same maps, faster
     with tqdm(total=len(order), initial=done_images, desc="caching saliency", unit="img", disable=not progress) as bar:
         for k in todo:
             chunk = chunks[k]
