@@ -25,11 +25,12 @@ from sane.train.saliency_cache import SaliencyCache
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = ["train-similarity", "cache-saliency", "train-sane", "train-classifier", "calibrate", "estimate-prior",
-         "eval-attributes", "eval-explanations"]
+         "tune-ranker", "eval-attributes", "eval-explanations"]
 PRIOR_PAIRS = 5
 TINY = ["--image-size", "32", "--epochs", "2", "--classes-per-batch", "3", "--per-class", "4", "--n-masks", "8",
         "--refs", "2", "--map-size", "8", "--attribute-epochs", "2", "--attribute-batch-size", "16",
-        "--prior-pairs", str(PRIOR_PAIRS), "--eval-pairs", "4", "--eval-n-masks", "8", "--k", "2", "--batch-size", "32",
+        "--prior-pairs", str(PRIOR_PAIRS), "--tune-pairs", "4", "--eval-pairs", "4", "--eval-n-masks", "8", "--k", "2",
+        "--batch-size", "32",
         "--quiet"]
 BUILDERS = {"awa2": write_tiny_awa2, "polyvore": write_tiny_polyvore}
 
@@ -74,6 +75,9 @@ def test_pipeline_runs_every_step_and_a_rerun_skips_them(data: Path, tmp_path: P
         assert model.thresholds.shape == (len(train.attributes),)
         assert ckpt["meta"]["calibration"] == "f1"  # written by the calibrate step, not by training
         assert ckpt["meta"]["lambda"] == (5e-3 if kind == "sane" else 0.0)
+        # tune-ranker stored the prior and the chosen w, gamma as the checkpoint's ranker defaults.
+        assert ckpt["ranker"]["prior"] == pytest.approx(load_prior(out / "prior.json"))
+        assert 0 <= ckpt["ranker"]["w"] <= 1 and ckpt["ranker"]["gamma"] >= 0
 
     # The prior: SPEC §4 by attribute deletion (no scenes), one smoothed frequency per attribute.
     state = json.loads((out / STATE_FILE).read_text())

@@ -1,7 +1,7 @@
 """Choosing the ranker's w and γ on validation pairs (SPEC §4: "w and γ chosen on validation pairs").
 
-For same-class pairs (q, r) of the validation images of the *training* classes (the test classes
-stay unseen), every attribute model's ranker terms (confidence, map match) are computed once for
+For same-class pairs (q, r) whose query is a validation image of a *training* class (the reference
+another training image of its class; the test classes stay unseen), every attribute model's ranker terms (confidence, map match) are computed once for
 q's fixed-reference RISE map, together with how good each attribute of q would be as the pair's
 explanation:
 
@@ -21,15 +21,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from sane.data import open_dataset
 from sane.evaluation.attribute_explanations import (
-    averaged_predictions,
     best_factor,
     counterfactual_deltas,
-    retrieval_delta,
+    retrieval_space,
     same_class_index_pairs,
 )
 from sane.explain.ranker import ATTRIBUTE_FACTORS, DEFAULT_GAMMA, DEFAULT_W, AttributeRanker
@@ -103,49 +103,46 @@ def validation_terms(
     batch_size: int = 128,
     progress: bool = True,
 ) -> tuple[dict[str, list[PairTerms]], str]:
-    """Per model name, the :class:`PairTerms` of ``n_pairs`` validation pairs; and the utility used
-    (``"counterfactual"`` on synthetic data, ``"deletion"`` otherwise)."""
+    """Per model name, the :class:`PairTerms` of ``n_pairs`` validation pairs (query: a held-out image of
+    a training class, reference: another training image of its class); and the utility used
+    (``"counterfactual"`` on synthetic data, ``"deletion"`` otherwise, retrieving from the training split)."""
     rng = np.random.default_rng([seed, 4])
     sim_data = open_dataset(data_dir, split="train", preprocess=similarity_preprocess)
-    val_idx = np.flatnonzero(validation_split(sim_data.targets, val_fraction, seed))
-    if len(val_idx) < 2:
-        raise ValueError(f"{data_dir}: too few validation images ({len(val_idx)}) to form pairs")
+    held_out = validation_split(sim_data.targets, val_fraction, seed)
+    if not held_out.any():
+        raise ValueError(f"no held-out images in the training split of {data_dir} (val_fraction {val_fraction})")
+    pairs = same_class_index_pairs(sim_data.targets, n_pairs, rng, queries_from=held_out)
     scenes = sim_data.scenes
-    synthetic = scenes is not None and all(scenes[i] is not None for i in val_idx)
-    images_sim = sim_data.stack_images(val_idx, progress=progress)
-    images_attr = {
-        name: images_sim if pre == similarity_preprocess
-        else open_dataset(data_dir, split="train", preprocess=pre).stack_images(val_idx)
-        for name, (_, pre) in attribute_models.items()
-    }
+    synthetic = scenes is not None and all(s is not None for s in scenes)
+    space = None
+    if synthetic:  # only the pairs' images are needed
+        needed = sorted({i for pair in pairs for i in pair})
+
+        def stack(dataset) -> dict[int, torch.Tensor]:
+            return dict(zip(needed, dataset.stack_images(needed, progress=progress)))
+
+        images_sim = stack(sim_data)
+        images_attr = {name: images_sim if pre == similarity_preprocess
+                       else stack(open_dataset(data_dir, split="train", preprocess=pre))
+                       for name, (_, pre) in attribute_models.items()}
+    else:  # the deletion metric retrieves from the whole training split
+        space = retrieval_space(similarity_model, similarity_preprocess, dict(attribute_models), data_dir, "train",
+                                batch_size, progress)
+        images_sim, images_attr = space.images, space.model_images
     attributes = list(sim_data.attributes)
-    labels = sim_data.image_attributes[val_idx].astype(bool)
     embedder = Embedder(similarity_model, batch_size)
-    emb = embedder(images_sim).numpy()
-    preds = None
-    if not synthetic:
-        names = list(attribute_models)
-        preds = averaged_predictions([attribute_models[m][0] for m in names], [images_attr[m] for m in names],
-                                     attributes, batch_size)
     rise = RISE(similarity_model, n_masks=n_masks, batch_size=batch_size, seed=seed, fuse=True, channels_last=True)
     rankers = {name: AttributeRanker(model, prior="uniform") for name, (model, _) in attribute_models.items()}
     out: dict[str, list[PairTerms]] = {name: [] for name in attribute_models}
-    targets = [sim_data.targets[i] for i in val_idx]
-    for qi, ri in tqdm(same_class_index_pairs(targets, n_pairs, rng), desc="validation pairs", disable=not progress):
+    for qi, ri in tqdm(pairs, desc="validation pairs", disable=not progress):
         if synthetic:
-            deltas = counterfactual_deltas(embedder, similarity_preprocess, scenes[val_idx[qi]], images_sim[ri], draws,
-                                           rng)
-            best = best_factor(deltas)
+            best = best_factor(counterfactual_deltas(embedder, similarity_preprocess, scenes[qi], images_sim[ri], draws,
+                                                     rng))
             utility_by_name = {a: float(ATTRIBUTE_FACTORS.get(a) == best) for a in attributes}
         else:
-            db = np.ones(len(val_idx), dtype=bool)
-            db[[qi, ri]] = False
-            sim_to_r, s_qr = emb @ emb[ri], float(emb[qi] @ emb[ri])
-            utility_by_name = {}
-            for j, a in enumerate(attributes):
-                if labels[qi, j]:
-                    d, _ = retrieval_delta(sim_to_r, s_qr, preds[qi], preds, db & ~labels[:, j], k, ignore=j)
-                    utility_by_name[a] = -d
+            present = np.flatnonzero(space.labels[qi])
+            deltas = space.deltas(qi, ri, present, insert=False, k=k)
+            utility_by_name = {attributes[j]: -d for j, d in zip(present, deltas)}
         saliency = rise.explain(images_sim[qi], images_sim[ri]).query_map
         for name, ranker in rankers.items():
             t = ranker.terms(images_attr[name][qi], saliency)

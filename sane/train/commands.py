@@ -334,6 +334,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--prior-by", default="auto", choices=["auto", "deletion", "counterfactual"],
                        help="auto: exact counterfactuals when the data has scenes (synthetic), else attribute deletion")
     group.add_argument("--prior-pairs", type=int, default=200)
+    group.add_argument("--tune-pairs", type=int, default=200, help="validation pairs choosing the ranker's w and gamma")
     group.add_argument("--eval-split", default="test", choices=["train", "test", "all"])
     group.add_argument("--eval-limit", type=int, default=None, help="eval-attributes on a random subset of this size")
     group.add_argument("--eval-pairs", type=int, default=40, help="same-class pairs explained by eval-explanations")

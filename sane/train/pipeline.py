@@ -8,8 +8,9 @@ Steps, in order, each the function its own `sane` command calls, every artifact 
 4. ``train-classifier``    -> ``attributes_classifier.pt`` (the same, λ = 0)
 5. ``calibrate``           both checkpoints' thresholds, in place (:func:`~sane.train.attributes.calibrate_attributes`)
 6. ``estimate-prior``      -> ``prior.json``               (:func:`~sane.evaluation.prior.estimate_prior`)
-7. ``eval-attributes``     -> ``eval_attributes.json``     (both models; mAP, saliency agreement, pointing with masks)
-8. ``eval-explanations``   -> ``eval_explanations.json``   (Random / Classifier / SANE, ranked with the prior)
+7. ``tune-ranker``         both checkpoints' prior, w and γ, in place (:func:`~sane.explain.tuning.tune_ranker`)
+8. ``eval-attributes``     -> ``eval_attributes.json``     (both models; mAP, saliency agreement, pointing with masks)
+9. ``eval-explanations``   -> ``eval_explanations.json``   (Random / Classifier / SANE, each with its tuned ranker)
 
 Resuming: ``pipeline.json`` records each step's settings and whether it finished. A rerun skips the
 finished steps whose settings are unchanged and whose outputs exist; the first other step runs (an
@@ -58,6 +59,7 @@ class PipelineOptions:
     calibration: str = "f1"
     prior_by: str = "auto"
     prior_pairs: int = 200
+    tune_pairs: int = 200  # validation pairs that choose the ranker's w and γ
     eval_split: str = "test"
     eval_limit: int | None = None
     eval_pairs: int = 40
@@ -198,6 +200,17 @@ def run_pipeline(
         top = sorted(prior.items(), key=lambda kv: -kv[1])[:5]
         return f"prior by {measure}: " + ", ".join(f"{a} {p:.3f}" for a, p in top) + f"; wrote {paths['prior']}"
 
+    def tune_step() -> str:
+        from sane.explain.ranker import load_prior
+        from sane.explain.tuning import format_selection, tune_ranker
+
+        selections, utility = tune_ranker(
+            paths["similarity"], {kind: paths[kind] for kind in ("sane", "classifier")}, data,
+            load_prior(paths["prior"]), device=opts.device, n_pairs=opts.tune_pairs, n_masks=opts.eval_n_masks,
+            k=opts.k, draws=opts.draws, val_fraction=opts.val_fraction, seed=opts.seed, batch_size=opts.batch_size,
+            progress=progress)
+        return "; ".join(format_selection(kind, sel, utility) for kind, sel in selections.items())
+
     def eval_attributes_step() -> str:
         from sane.evaluation.attributes import (
             evaluate_attributes,
@@ -221,7 +234,6 @@ def run_pipeline(
 
     def eval_explanations_step() -> str:
         from sane.evaluation.attribute_explanations import evaluate_explanations, format_explanation_table
-        from sane.explain.ranker import load_prior
         from sane.models import load_similarity
         from sane.models.attributes import load_attributes
 
@@ -229,8 +241,7 @@ def run_pipeline(
         models = {kind: load_attributes(paths[kind], opts.device) for kind in ("sane", "classifier")}
         report = evaluate_explanations(similarity, preprocess, models, data, split=opts.eval_split,
                                        n_pairs=opts.eval_pairs, n_masks=opts.eval_n_masks, k=opts.k, draws=opts.draws,
-                                       seed=opts.seed, batch_size=opts.batch_size, progress=progress,
-                                       prior=load_prior(paths["prior"]))
+                                       seed=opts.seed, batch_size=opts.batch_size, progress=progress)
         report["prior"] = str(paths["prior"])
         log(format_explanation_table(report))
         _write_json(paths["eval_explanations"], report)
@@ -247,6 +258,7 @@ def run_pipeline(
         Step("train-classifier", ["attributes_classifier.pt"], training, attribute_step("classifier")),
         Step("calibrate", [], ["calibration", "val_fraction", "seed"], calibrate_step),
         Step("estimate-prior", ["prior.json"], ["prior_by", "prior_pairs", "k", "val_fraction", "seed"], prior_step),
+        Step("tune-ranker", [], ["tune_pairs", "eval_n_masks", "k", "draws", "val_fraction", "seed"], tune_step),
         Step("eval-attributes", ["eval_attributes.json"], ["eval_split", "eval_limit", "seed"], eval_attributes_step),
         Step("eval-explanations", ["eval_explanations.json"],
              ["eval_split", "eval_pairs", "eval_n_masks", "k", "draws", "seed"], eval_explanations_step),
