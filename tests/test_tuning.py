@@ -67,3 +67,34 @@ def test_checkpoint_carries_tuned_defaults_that_the_ranker_uses(tmp_path):
     save_attributes(tmp_path / "plain.pt", model, Preprocess(32))
     plain = AttributeRanker(load_attributes(tmp_path / "plain.pt")[0])
     assert (plain.w, plain.gamma) == (0.5, 1.0) and torch.allclose(plain.prior, torch.full((3,), 1 / 3))
+
+
+def test_tune_ranker_command_writes_the_choice_into_copies_of_the_bundled_models(tmp_path, capsys):
+    import shutil
+
+    from sane.cli import main
+    from sane.data import write_dataset
+    from sane.explain import save_prior
+    from sane.models.attributes import default_attribute_weights, read_attribute_checkpoint
+
+    data = write_dataset(tmp_path / "shapes", 84, image_size=112, progress=False)
+    paths = {kind: tmp_path / f"{kind}.pt" for kind in ("sane", "classifier")}
+    for kind, path in paths.items():
+        shutil.copy(default_attribute_weights(kind), path)
+    prior = {"red": 0.5, "circle": 0.25}
+    save_prior(tmp_path / "prior.json", prior)
+    args = ["tune-ranker", "--data", str(data), "--prior", str(tmp_path / "prior.json"), "--sane", str(paths["sane"]),
+            "--classifier", str(paths["classifier"]), "--pairs", "4", "--n-masks", "16", "--draws", "1",
+            "--batch-size", "32", "--quiet"]
+    before = {kind: read_attribute_checkpoint(path) for kind, path in paths.items()}
+    assert main([*args, "--dry-run"]) == 0
+    assert "counterfactual top-1" in capsys.readouterr().out
+    assert all(read_attribute_checkpoint(p)["ranker"] == before[k]["ranker"] for k, p in paths.items())
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for kind, path in paths.items():
+        ckpt = read_attribute_checkpoint(path)
+        assert ckpt["ranker"]["prior"] == prior and f"{kind}: w=" in printed
+        assert ckpt["ranker"]["w"] in [round(w, 1) for w in np.linspace(0, 1, 11)]
+        torch.testing.assert_close(ckpt["state_dict"], before[kind]["state_dict"])  # weights kept
+        assert ckpt["thresholds"] == before[kind]["thresholds"]
