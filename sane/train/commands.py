@@ -104,6 +104,14 @@ def _cmd_tune_ranker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_report(out: str | None, report: dict) -> None:
+    """Write an evaluation report as JSON to ``out`` (parent folders made), if given."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
 def _cmd_eval_attributes(args: argparse.Namespace) -> int:
     """mAP and activation-map pointing game of one attribute model; without --model, the paper's table."""
     from sane.evaluation.attributes import evaluate_attributes, format_attribute_report, saliency_agreement
@@ -117,10 +125,7 @@ def _cmd_eval_attributes(args: argparse.Namespace) -> int:
     if args.cache:
         report["saliency_agreement"] = saliency_agreement(model, preprocess, args.data, args.cache, args.tau)
     print(format_attribute_report(report))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    _write_report(args.out, report)
     return 0
 
 
@@ -146,10 +151,7 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
                                    seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                                    prior=args.prior if args.prior in (None, "uniform") else load_prior(args.prior))
     print(format_explanation_table(report))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    _write_report(args.out, report)
     return 0
 
 
