@@ -20,7 +20,8 @@ DEFAULT_DATA = "data/shapes"
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from sane.data import write_dataset
 
-    root = write_dataset(args.out, args.n, seed=args.seed, image_size=args.image_size, progress=not args.quiet)
+    root = write_dataset(args.out, args.n, seed=args.seed, image_size=args.image_size, progress=not args.quiet,
+                         classes_by=tuple(args.classes_by.split(",")))
     print(f"wrote {args.n} images to {root}")
     return 0
 
@@ -120,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="generate data sets").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="write the Shapes with Attributes data set (AwA2 format)")
     synth.add_argument("--out", default=DEFAULT_DATA)
-    synth.add_argument("--n", type=int, default=4200, help="number of images (spread over 42 classes)")
+    synth.add_argument("--n", type=int, default=4200, help="number of images (spread over the classes)")
+    synth.add_argument("--classes-by", default="shape,colour",
+                       help="the two factors a class is defined by (default shape,colour: 42 classes; "
+                            "shape,background: 24 classes whose explaining factors lie apart)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--image-size", type=int, default=112)
     synth.add_argument("--quiet", action="store_true")

@@ -235,3 +235,34 @@ def test_test_classes_leave_every_shape_and_colour_in_train():
         train = [c for c in CLASSES if c not in test]
         assert {c.split("_")[1] for c in train} == set(SHAPES)
         assert {c.split("_")[0] for c in train} == set(COLOURS)
+
+
+def test_classes_by_shape_and_background_make_24_classes_whose_images_share_both(tmp_path):
+    import json
+
+    from sane.data import AttributeDataset, write_dataset
+    from sane.data.synthetic import BACKGROUNDS, class_names
+    from sane.explain.ranker import same_class_pairs
+
+    by = ("shape", "background")
+    classes = class_names(by)
+    assert len(classes) == 24 and "grid_circle" in classes and class_names() == CLASSES
+    for seed in range(3):
+        train = [c for c in classes if c not in pick_test_classes(5, np.random.default_rng(seed), by)]
+        assert {c.split("_")[1] for c in train} == set(SHAPES) and {c.split("_")[0] for c in train} == set(BACKGROUNDS)
+    root = write_dataset(tmp_path / "bg", 48, image_size=32, progress=False, classes_by=by)
+    ds = AttributeDataset(root, split="all")
+    assert ds.classes == classes and len(ds) == 48
+    records = [json.loads(line) for line in (root / "scenes.jsonl").read_text().splitlines()]
+    for record in records:
+        scene = record["scene"]
+        assert record["class"] == f"{scene['background']}_{scene['shape']}"
+    assert len({r["scene"]["colour"] for r in records}) > 1  # colour varies within the classes now
+    # Same-class pairs follow the given labels, not the scenes' (shape, colour) class.
+    labels = [ds.classes[t] for t in ds.targets]
+    for q, r in same_class_pairs(ds.scenes, 20, np.random.default_rng(0), labels):
+        assert (q.shape, q.background) == (r.shape, r.background) and q != r
+    with pytest.raises(ValueError, match="two different factors"):
+        class_names(("shape", "shape"))
+    with pytest.raises(ValueError, match="two different factors"):
+        write_dataset(tmp_path / "bad", 48, classes_by=("shape", "position"), progress=False)

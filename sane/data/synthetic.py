@@ -68,10 +68,30 @@ assert len(set(ATTRIBUTES)) == len(ATTRIBUTES)
 
 CLASSES: list[str] = [f"{colour}_{shape}" for shape in SHAPES for colour in COLOURS]
 
+# The categorical factors a class can be defined by, with their values.
+CLASS_FACTOR_VALUES: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES, "colour": COLOURS, "pattern": PATTERNS, "size": SIZES, "background": BACKGROUNDS,
+}
+DEFAULT_CLASSES_BY: tuple[str, str] = ("shape", "colour")
+
 
 def class_name(shape: str, colour: str) -> str:
     """Class name of a (shape, colour) combination, e.g. ``red_circle``."""
     return f"{colour}_{shape}"
+
+
+def class_names(classes_by: tuple[str, str] = DEFAULT_CLASSES_BY) -> list[str]:
+    """Every class of a data set whose classes are the value pairs of two factors, ``"<second>_<first>"``:
+    :data:`CLASSES` (``red_circle``...) by default, ``grid_circle``... for ``("shape", "background")``."""
+    first, second = _check_classes_by(classes_by)
+    return [f"{b}_{a}" for a in CLASS_FACTOR_VALUES[first] for b in CLASS_FACTOR_VALUES[second]]
+
+
+def _check_classes_by(classes_by: tuple[str, str]) -> tuple[str, str]:
+    if len(classes_by) != 2 or classes_by[0] == classes_by[1] or not set(classes_by) <= set(CLASS_FACTOR_VALUES):
+        raise ValueError(f"classes_by must be two different factors of {sorted(CLASS_FACTOR_VALUES)}, "
+                         f"got {classes_by!r}")
+    return classes_by[0], classes_by[1]
 
 
 def _star(points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
@@ -360,31 +380,36 @@ def render(scene: Scene, size: int = 112) -> Rendered:
     return Rendered(image=Image.fromarray(pixels, mode="RGB"), mask=alpha >= 0.5, alpha=alpha)
 
 
-def _class_counts(n: int) -> list[int]:
+def _class_counts(n: int, n_classes: int = len(CLASSES)) -> list[int]:
     """Images per class when ``n`` images are spread as evenly as possible over the classes."""
-    base, extra = divmod(n, len(CLASSES))
-    return [base + (1 if k < extra else 0) for k in range(len(CLASSES))]
+    base, extra = divmod(n, n_classes)
+    return [base + (1 if k < extra else 0) for k in range(n_classes)]
 
 
-def pick_test_classes(n_test: int, rng: np.random.Generator) -> list[str]:
-    """``n_test`` random classes whose removal still leaves every shape and every colour in training."""
-    order = [CLASSES[i] for i in rng.permutation(len(CLASSES))]
-    shape_left = {s: len(COLOURS) for s in SHAPES}
-    colour_left = {c: len(SHAPES) for c in COLOURS}
+def pick_test_classes(
+    n_test: int, rng: np.random.Generator, classes_by: tuple[str, str] = DEFAULT_CLASSES_BY
+) -> list[str]:
+    """``n_test`` random classes whose removal still leaves every value of both class factors (by
+    default every shape and every colour) in training."""
+    first, second = _check_classes_by(classes_by)
+    classes = class_names(classes_by)
+    order = [classes[i] for i in rng.permutation(len(classes))]
+    first_left = dict.fromkeys(CLASS_FACTOR_VALUES[first], len(CLASS_FACTOR_VALUES[second]))
+    second_left = dict.fromkeys(CLASS_FACTOR_VALUES[second], len(CLASS_FACTOR_VALUES[first]))
     test: list[str] = []
     for name in order:
         if len(test) == n_test:
             break
-        colour, shape = name.split("_")
-        if shape_left[shape] > 1 and colour_left[colour] > 1:
-            shape_left[shape] -= 1
-            colour_left[colour] -= 1
+        b, a = name.split("_")
+        if first_left[a] > 1 and second_left[b] > 1:
+            first_left[a] -= 1
+            second_left[b] -= 1
             test.append(name)
     if len(test) < n_test:
         raise ValueError(
-            f"cannot hold out {n_test} classes and keep every shape and colour in the training classes"
+            f"cannot hold out {n_test} classes and keep every {first} and {second} in the training classes"
         )
-    return sorted(test, key=CLASSES.index)
+    return sorted(test, key=classes.index)
 
 
 def _write_index(path: Path, names: list[str]) -> None:
@@ -399,13 +424,20 @@ def write_dataset(
     image_size: int = 112,
     test_fraction: float = 0.2,
     progress: bool = True,
+    classes_by: tuple[str, str] = DEFAULT_CLASSES_BY,
 ) -> Path:
-    """Render ``n`` images spread over the 42 classes and write them in the AwA2 layout (plus masks/scenes).
+    """Render ``n`` images spread over the classes and write them in the AwA2 layout (plus masks/scenes).
 
-    Deterministic in (n, seed, image_size); the scenes do not depend on ``test_fraction``.
+    A class is a value pair of the two ``classes_by`` factors: by default (shape, colour), 42 classes,
+    so a similarity model trained on the classes matches on shape and colour. Other pairs, e.g.
+    ``("shape", "background")`` (24 classes), make a benchmark whose explaining factors lie in
+    different places (object vs surround). Deterministic in (n, seed, image_size, classes_by); the
+    scenes do not depend on ``test_fraction``.
     """
-    if n < len(CLASSES):
-        raise ValueError(f"n must be at least the number of classes ({len(CLASSES)}), got {n}")
+    first, second = _check_classes_by(classes_by)
+    classes = class_names(classes_by)
+    if n < len(classes):
+        raise ValueError(f"n must be at least the number of classes ({len(classes)}), got {n}")
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     out = Path(out_dir)
@@ -415,16 +447,16 @@ def write_dataset(
 
     instance_lines: list[str] = []
     scene_lines: list[str] = []
-    class_rows = np.zeros((len(CLASSES), len(ATTRIBUTES)), dtype=np.uint8)
+    class_rows = np.zeros((len(classes), len(ATTRIBUTES)), dtype=np.uint8)
     with tqdm(total=n, desc="rendering shapes", disable=not progress, unit="img") as bar:
-        for k, count in enumerate(_class_counts(n)):
-            name = CLASSES[k]
-            colour, shape = name.split("_")
+        for k, count in enumerate(_class_counts(n, len(classes))):
+            name = classes[k]
+            b, a = name.split("_")
             (out / "JPEGImages" / name).mkdir(parents=True, exist_ok=True)
             (out / "masks" / name).mkdir(parents=True, exist_ok=True)
             attribute_sum = np.zeros(len(ATTRIBUTES), dtype=np.int64)
             for i in range(1, count + 1):
-                scene = random_scene(scene_rng, shape=shape, colour=colour)
+                scene = random_scene(scene_rng, **{first: a, second: b})
                 rendered = render(scene, image_size)
                 rel = f"JPEGImages/{name}/{name}_{i:05d}.jpg"
                 rendered.image.save(out / rel, quality=95)
@@ -438,9 +470,9 @@ def write_dataset(
                 bar.update(1)
             class_rows[k] = (2 * attribute_sum >= count).astype(np.uint8)
 
-    test = pick_test_classes(round(test_fraction * len(CLASSES)), split_rng)
-    train = [c for c in CLASSES if c not in test]
-    _write_index(out / "classes.txt", CLASSES)
+    test = pick_test_classes(round(test_fraction * len(classes)), split_rng, classes_by)
+    train = [c for c in classes if c not in test]
+    _write_index(out / "classes.txt", classes)
     _write_index(out / "predicates.txt", ATTRIBUTES)
     (out / "predicate-matrix-binary.txt").write_text(
         "".join(" ".join(str(int(v)) for v in row) + "\n" for row in class_rows)

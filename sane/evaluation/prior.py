@@ -125,7 +125,8 @@ def estimate_prior(
                              "(use the deletion measure on real data)")
         held_out = np.flatnonzero(validation_split(dataset.targets, val_fraction, seed))
         prior = estimate_prior_counterfactual(model, preprocess, [dataset.scenes[i] for i in held_out],
-                                              n_pairs=n_pairs, seed=seed)
+                                              n_pairs=n_pairs, seed=seed,
+                                              classes=[dataset.targets[i] for i in held_out])
         return prior, by
     attribute_models = {
         "sane": load_attributes(sane or default_attribute_weights("sane"), device),

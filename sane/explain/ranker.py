@@ -202,18 +202,24 @@ def load_prior(path: str | os.PathLike) -> dict[str, float]:
     return prior
 
 
-def same_class_pairs(scenes: Sequence[Scene], n_pairs: int, rng: np.random.Generator) -> list[tuple[Scene, Scene]]:
-    """``n_pairs`` random (query, reference) pairs of different scenes of the same class."""
-    by_class: dict[str, list[int]] = {}
-    for i, s in enumerate(scenes):
-        by_class.setdefault(s.class_name, []).append(i)
-    queries = [i for i, s in enumerate(scenes) if len(by_class[s.class_name]) > 1]
+def same_class_pairs(
+    scenes: Sequence[Scene], n_pairs: int, rng: np.random.Generator, classes: Sequence | None = None
+) -> list[tuple[Scene, Scene]]:
+    """``n_pairs`` random (query, reference) pairs of different scenes of the same class: ``classes[i]``
+    (e.g. the data set's labels) or, by default, the scene's (shape, colour) class."""
+    labels = [s.class_name for s in scenes] if classes is None else list(classes)
+    if len(labels) != len(scenes):
+        raise ValueError(f"{len(labels)} classes for {len(scenes)} scenes")
+    by_class: dict = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    queries = [i for i, label in enumerate(labels) if len(by_class[label]) > 1]
     if not queries:
         raise ValueError("no class has two scenes: cannot form same-class pairs")
     pairs = []
     for _ in range(n_pairs):
         qi = queries[int(rng.integers(len(queries)))]
-        others = [j for j in by_class[scenes[qi].class_name] if j != qi]
+        others = [j for j in by_class[labels[qi]] if j != qi]
         pairs.append((scenes[qi], scenes[others[int(rng.integers(len(others)))]]))
     return pairs
 
@@ -227,10 +233,12 @@ def estimate_prior_counterfactual(
     smoothing: float = 1.0,
     attributes: Sequence[str] = ATTRIBUTES,
     batch_size: int = 256,
+    classes: Sequence | None = None,
 ) -> dict[str, float]:
     """Prior(a) = how often a is the best explanation of a held-out same-class pair (synthetic data).
 
-    For each of ``n_pairs`` random same-class pairs (q, r) of ``scenes`` (use held-out scenes), q is
+    For each of ``n_pairs`` random same-class pairs (q, r) of ``scenes`` (use held-out scenes; their
+    data set's labels as ``classes`` when its classes are not (shape, colour)), q is
     re-rendered once per factor with only that factor changed (:func:`counterfactual`); the factor
     whose change drops s(q, r) the most is the pair's best explanation, and every attribute of that
     factor present in q gets the credit (e.g. ``red`` and ``warm`` for colour; see
@@ -251,7 +259,7 @@ def estimate_prior_counterfactual(
     embedder = Embedder(similarity_model, batch_size)
     index = {a: i for i, a in enumerate(ATTRIBUTES)}
     counts = dict.fromkeys(attributes, 0)
-    pairs = same_class_pairs(scenes, n_pairs, rng)
+    pairs = same_class_pairs(scenes, n_pairs, rng, classes)
     for q, r in pairs:
         variants = [q, r] + [counterfactual(q, f, rng=rng) for f in FACTORS]
         e = embedder(torch.stack([preprocess.to_tensor(render(s, preprocess.size).image) for s in variants]))
