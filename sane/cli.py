@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 from pathlib import Path
 
 from sane.errors import InputError
 from sane.saliency import GENERATORS
 from sane.serving.commands import add_serving_commands
+from sane.train.commands import DEFAULT_DATA, add_attribute_commands, command_line, write_report
 
 METHODS = sorted(GENERATORS)
 
-DEFAULT_DATA = "data/shapes"
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -37,11 +35,10 @@ def _cmd_data_example_pair(args: argparse.Namespace) -> int:
 def _cmd_train_similarity(args: argparse.Namespace) -> int:
     from sane.train.similarity import train_similarity
 
-    command = "sane " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     out = train_similarity(
         args.data, args.out, arch=args.arch, dim=args.dim, image_size=args.image_size, epochs=args.epochs,
         classes_per_batch=args.classes_per_batch, per_class=args.per_class, lr=args.lr, margin=args.margin, mining=args.mining,
-        seed=args.seed, weights=args.weights, device=args.device, progress=not args.quiet, command=command,
+        seed=args.seed, weights=args.weights, device=args.device, progress=not args.quiet, command=command_line(),
     )
     print(f"wrote {out}")
     return 0
@@ -87,7 +84,7 @@ def _cmd_eval_similarity(args: argparse.Namespace) -> int:
         print("mean change of s(q, r) when one factor of q is re-rendered (same-class pairs):")
         for factor, row in report["counterfactual"].items():
             print(f"  {factor:<12}{row['mean_delta']:+.3f} (std {row['std_delta']:.3f})")
-    _write_json(args.out, report)
+    write_report(args.out, report)
     return 0
 
 
@@ -102,15 +99,8 @@ def _cmd_eval_saliency(args: argparse.Namespace) -> int:
         substrate=args.substrate, seed=args.seed,
     )
     print(format_saliency_table(table))
-    _write_json(args.out, table)
+    write_report(args.out, table)
     return 0
-
-
-def _write_json(path: str | None, payload: dict) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,7 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
     eval_sal.add_argument("--seed", type=int, default=0)
     eval_sal.add_argument("--out", default="results/eval_saliency.json", help="JSON table path ('' to skip)")
     eval_sal.set_defaults(func=_cmd_eval_saliency)
-    from sane.train.commands import add_attribute_commands
 
     add_attribute_commands(sub)
     add_serving_commands(sub)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -106,10 +106,15 @@ def averaged_predictions(
     ``images[m]`` is the (N, 3, H, W) batch preprocessed for ``models[m]``; an attribute a model lacks
     is averaged over the models that have it (0.5 when none does).
     """
-    total = np.zeros((len(images[0]), len(attributes)))
+    scores = [predict_attributes(model, batch, batch_size)[0] for model, batch in zip(models, images)]
+    return average_scores(models, scores, attributes)
+
+
+def average_scores(models: Sequence[nn.Module], scores: Sequence[torch.Tensor], attributes: Sequence[str]) -> np.ndarray:
+    """:func:`averaged_predictions` from the models' (N, A_m) score logits already computed."""
+    total = np.zeros((len(scores[0]), len(attributes)))
     count = np.zeros(len(attributes))
-    for model, batch in zip(models, images):
-        z, _ = predict_attributes(model, batch, batch_size)
+    for model, z in zip(models, scores):
         probs = z.sigmoid().numpy()
         names = list(model.attributes)
         for j, a in enumerate(attributes):
@@ -130,6 +135,7 @@ class RetrievalSpace:
     ``labels`` (N, A) bool are the data set's attributes in ``attributes`` order, ``preds`` (N, A) the
     models' averaged presence probabilities (:func:`averaged_predictions`), ``embeddings`` (N, D)
     L2-normalised. ``same_type``: retrieval keeps to the query's class (Polyvore's item type).
+    ``scores[name]`` are each model's (N, A_m) score logits the averages came from.
     """
 
     dataset: LabelledImageDataset
@@ -140,6 +146,7 @@ class RetrievalSpace:
     preds: np.ndarray
     embeddings: np.ndarray
     same_type: bool
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def candidates(self, qi: int, ri: int, column: int, insert: bool) -> np.ndarray:
         """(N,) bool: database images (not q, not r; of q's type where that applies) lacking (deletion)
@@ -186,19 +193,17 @@ def retrieval_space(
             model_images[name] = images
         else:
             model_images[name] = open_dataset(data_dir, split=split, preprocess=pre).stack_images()
-    names = list(attribute_models)
-    preds = averaged_predictions([attribute_models[m][0] for m in names], [model_images[m] for m in names], attributes,
-                                 batch_size)
+    scores = {name: predict_attributes(model, model_images[name], batch_size)[0]
+              for name, (model, _) in attribute_models.items()}
+    preds = average_scores([model for model, _ in attribute_models.values()], list(scores.values()), attributes)
     embeddings = Embedder(similarity_model, batch_size)(images).numpy()
     return RetrievalSpace(dataset, attributes, dataset.image_attributes.astype(bool), images, model_images, preds,
-                          embeddings, dataset.format == "polyvore")
+                          embeddings, dataset.format == "polyvore", scores)
 
 
-def split_map(
-    model: nn.Module, images: torch.Tensor, labels: np.ndarray, attributes: Sequence[str], batch_size: int = 128
-) -> float:
-    """mAP of ``model`` on ``images`` against ``labels`` (N, len(attributes)), over the attributes it predicts."""
-    z, _ = predict_attributes(model, images, batch_size)
+def split_map(model: nn.Module, z: torch.Tensor, labels: np.ndarray, attributes: Sequence[str]) -> float:
+    """mAP of ``model``'s (N, A_m) scores ``z`` against ``labels`` (N, len(attributes)), over the attributes it
+    predicts."""
     cols = [attributes.index(a) for a in model.attributes if a in attributes]
     own = [list(model.attributes).index(attributes[c]) for c in cols]
     return mean_average_precision(z[:, own].numpy(), labels[:, cols])
@@ -298,9 +303,11 @@ def evaluate_explanations(
     rankers = {label: (key, AttributeRanker(attribute_models[key][0], prior=prior))
                for key, label in MODEL_METHODS.items() if key in attribute_models}
     methods = ("Random", *rankers)
-    mean_ap = {label: split_map(attribute_models[key][0], space.model_images[key], space.labels, attributes)
+    mean_ap = {label: split_map(attribute_models[key][0], space.scores[key], space.labels, attributes)
                for label, (key, _) in rankers.items()}
-    mean_ap["Random"] = split_map(RandomAttributes(attributes, seed=seed), space.images, space.labels, attributes)
+    random_model = RandomAttributes(attributes, seed=seed)
+    mean_ap["Random"] = split_map(random_model, predict_attributes(random_model, space.images)[0], space.labels,
+                                  attributes)
     col = {a: j for j, a in enumerate(attributes)}
 
     pairs = same_class_index_pairs(dataset.targets, n_pairs, rng)

@@ -138,8 +138,7 @@ class LearnedMask(PerturbationExplainer):
         """L2-normalised embeddings with gradients (the Embedder runs under inference mode)."""
         if self.embedder.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.embedder.amp):
+        with torch.autocast(self.device.type, dtype=self.embedder.amp_dtype, enabled=self.embedder.amp):
             out = self.model(x) if condition is None else self.model(x, condition)
         self.embedder.images_seen += len(x)
         return F.normalize(out.float(), dim=1)

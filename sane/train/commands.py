@@ -3,7 +3,8 @@ estimate-prior, eval-attributes, eval-explanations, and `pipeline`, which runs t
 
 Registered by ``add_attribute_commands(sub)`` at the end of :func:`sane.cli.build_parser`, so the
 attribute work stays out of cli.py apart from that one call. Every ``--data`` takes either layout,
-AwA2 or Polyvore Outfits (:func:`sane.data.open_dataset`).
+AwA2 or Polyvore Outfits (:func:`sane.data.open_dataset`). ``command_line`` and ``write_report`` serve
+cli.py's commands too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ DEFAULT_DATA = "data/shapes"
 DATA_HELP = "data directory, AwA2 or Polyvore Outfits layout"
 
 
-def _command_line() -> str:
+def command_line() -> str:
     """The command as typed, recorded in checkpoints so they say how to reproduce them."""
     return "sane " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
@@ -49,7 +50,7 @@ def _cmd_train_attributes(args: argparse.Namespace) -> int:
         args.data, args.out, kind=args.model, cache=args.cache, arch=args.arch, image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lam=args.lam, tau=args.tau,
         val_fraction=args.val_fraction, patience=args.patience, limit=args.limit, seed=args.seed,
-        weights=args.weights, device=args.device, progress=not args.quiet, command=_command_line(),
+        weights=args.weights, device=args.device, progress=not args.quiet, command=command_line(),
     )
     print(f"validation mAP {report['best_map']:.4f} at epoch {report['best_epoch']} "
           f"(untrained {report['initial_map']:.4f}); wrote {report['out']}")
@@ -104,7 +105,7 @@ def _cmd_tune_ranker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_report(out: str | None, report: dict) -> None:
+def write_report(out: str | None, report: dict) -> None:
     """Write an evaluation report as JSON to ``out`` (parent folders made), if given."""
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,7 @@ def _cmd_eval_attributes(args: argparse.Namespace) -> int:
     if args.cache:
         report["saliency_agreement"] = saliency_agreement(model, preprocess, args.data, args.cache, args.tau)
     print(format_attribute_report(report))
-    _write_report(args.out, report)
+    write_report(args.out, report)
     return 0
 
 
@@ -151,7 +152,7 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
                                    seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
                                    prior=args.prior if args.prior in (None, "uniform") else load_prior(args.prior))
     print(format_explanation_table(report))
-    _write_report(args.out, report)
+    write_report(args.out, report)
     return 0
 
 
@@ -179,7 +180,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     from sane.train.pipeline import PipelineOptions, run_pipeline
 
     options = PipelineOptions(**{f.name: getattr(args, f.name) for f in fields(PipelineOptions)})
-    result = run_pipeline(args.data, args.out, options, progress=not args.quiet, command=_command_line())
+    result = run_pipeline(args.data, args.out, options, progress=not args.quiet, command=command_line())
     ran = [name for name, status in result["steps"].items() if status == "ran"]
     print(f"pipeline finished in {result['out']}: ran {', '.join(ran) or 'nothing (all steps were done)'}")
     return 0
