@@ -9,7 +9,7 @@ from pathlib import Path
 from sane.errors import InputError
 from sane.saliency import GENERATORS
 from sane.serving.commands import add_serving_commands
-from sane.train.commands import DEFAULT_DATA, add_attribute_commands, command_line, write_report
+from sane.train.commands import DEFAULT_DATA, add_attribute_commands, command_line, ensure_data, write_report
 
 METHODS = sorted(GENERATORS)
 
@@ -44,16 +44,6 @@ def _cmd_train_similarity(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ensure_data(path: str) -> str:
-    """The default synthetic data set is generated on first use, so evaluations work out of the box."""
-    if path == DEFAULT_DATA and not Path(path).is_dir():
-        from sane.data import write_dataset
-
-        print(f"{path} not found: generating it (sane data synth --out {path} --n 4200 --seed 0)")
-        write_dataset(path, 4200, seed=0)
-    return path
-
-
 def _cmd_explain(args: argparse.Namespace) -> int:
     from sane.explain.pair import explain_files
 
@@ -78,7 +68,7 @@ def _cmd_eval_similarity(args: argparse.Namespace) -> int:
     from sane.models import load_similarity
 
     model, preprocess = load_similarity(args.model, args.device)
-    report = evaluate_similarity(model, preprocess, _ensure_data(args.data), n_pairs=args.pairs, seed=args.seed)
+    report = evaluate_similarity(model, preprocess, ensure_data(args.data), n_pairs=args.pairs, seed=args.seed)
     print(f"recall@1 on {report['n_images']} {report['split']} images: {report['recall@1']:.3f}")
     if "counterfactual" in report:
         print("mean change of s(q, r) when one factor of q is re-rendered (same-class pairs):")
@@ -94,7 +84,7 @@ def _cmd_eval_saliency(args: argparse.Namespace) -> int:
 
     model, preprocess = load_similarity(args.model, args.device)
     table = evaluate_saliency(
-        model, preprocess, _ensure_data(args.data), methods=tuple(args.methods), n_pairs=args.pairs,
+        model, preprocess, ensure_data(args.data), methods=tuple(args.methods), n_pairs=args.pairs,
         n_masks=args.n_masks, n_samples=args.n_samples, iterations=args.iterations, batch_size=args.batch_size,
         substrate=args.substrate, seed=args.seed,
     )

@@ -11,18 +11,18 @@ import torch
 from torch import nn
 
 from sane.cli import main
-from sane.data import ATTRIBUTES, random_scene, render, write_dataset
+from sane.data import ATTRIBUTES, Scene, open_dataset, random_scene, render, write_dataset
 from sane.evaluation.attribute_explanations import (
     _ranker_picks,
     averaged_predictions,
-    best_factor,
-    counterfactual_deltas,
     nearest_in_prediction_space,
     retrieval_delta,
 )
 from sane.explain.ranker import AttributeRanker
+from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models import Embedder, load_similarity
 from sane.models.attributes import RandomAttributes
+from sane.models.checkpoint import default_weights_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread
 
@@ -97,46 +97,84 @@ def test_predictions_are_averaged_over_models_by_attribute_name():
     np.testing.assert_allclose(out[:, 3], 0.5)
 
 
-def test_rankers_delete_a_predicted_present_attribute_and_insert_an_absent_one():
+def test_rankers_delete_a_predicted_present_attribute_and_insert_one_the_reference_has_and_the_query_lacks():
     model = RandomAttributes(list(ATTRIBUTES), seed=0)
     ranker = AttributeRanker(model)
-    query = torch.randn(3, 48, 48, generator=torch.Generator().manual_seed(3))
-    saliency = torch.rand(48, 48, generator=torch.Generator().manual_seed(4))
-    deletion, insertion = _ranker_picks(ranker, query, saliency)
-    t = ranker.terms(query, saliency)
-    present = {a for a, on in zip(ATTRIBUTES, (t["z"] >= 0).tolist()) if on}
-    assert deletion in present and insertion not in present
-    absent = [i for i, a in enumerate(ATTRIBUTES) if a not in present]
-    assert insertion == ATTRIBUTES[max(absent, key=lambda i: float(t["score"][i]))]
+    gen = torch.Generator().manual_seed(3)
+    query, reference = torch.randn(3, 48, 48, generator=gen), torch.randn(3, 48, 48, generator=gen)
+    sal_q, sal_r = torch.rand(48, 48, generator=gen), torch.rand(48, 48, generator=gen)
+    deletion, insertion = _ranker_picks(ranker, query, reference, sal_q, sal_r)
+    tq, tr = ranker.terms(query, sal_q), ranker.terms(reference, sal_r)
+    in_q = {a for a, on in zip(ATTRIBUTES, (tq["z"] >= 0).tolist()) if on}
+    in_r = {a for a, on in zip(ATTRIBUTES, (tr["z"] >= 0).tolist()) if on}
+    assert deletion == ranker.rank(query, sal_q, top_k=1)[0].attribute and deletion in in_q
+    lacking = [i for i, a in enumerate(ATTRIBUTES) if a in in_r - in_q]
+    assert len(lacking) > 1  # the check below would be vacuous otherwise
+    # Ranked on the reference, with the reference's map: not by the query's terms.
+    assert insertion == ATTRIBUTES[max(lacking, key=lambda i: float(tr["score"][i]))]
     # Insertion may be limited to attributes the database has; none insertable: no pick.
-    worst = ATTRIBUTES[min(absent, key=lambda i: float(t["score"][i]))]
-    assert _ranker_picks(ranker, query, saliency, {worst, deletion}) == (deletion, worst)
-    assert _ranker_picks(ranker, query, saliency, set(present)) == (deletion, None)
+    worst = ATTRIBUTES[min(lacking, key=lambda i: float(tr["score"][i]))]
+    assert _ranker_picks(ranker, query, reference, sal_q, sal_r, {worst, deletion}) == (deletion, worst)
+    assert _ranker_picks(ranker, query, reference, sal_q, sal_r, in_q) == (deletion, None)
+    # A reference with nothing the query lacks (the query itself): no insertion.
+    assert _ranker_picks(ranker, query, query, sal_q, sal_q)[1] is None
 
 
-def test_counterfactually_best_factor_of_the_bundled_model_is_shape_or_colour():
-    model, pre = load_similarity()
+def test_counterfactual_deltas_average_every_other_value_exactly():
+    """With an embedder that sees only the object's colour, Δ_cf(colour) is the exact mean over the other
+    colours and every other factor's Δ_cf is about 0."""
+    from sane.data import COLOURS
+
+    def colour_embedder(batch: torch.Tensor) -> torch.Tensor:
+        # The object's colour is the centre pixel (a large solid object in the middle).
+        centre = batch[:, :, batch.shape[2] // 2, batch.shape[3] // 2]
+        return torch.nn.functional.normalize(centre + 3.0, dim=1)
+
+    pre = load_similarity()[1]
+    q = Scene("square", "red", "solid", "large", 0.5, 0.5, "plain", seed=7)
+    reference = pre.to_tensor(render(q.replace(seed=8), pre.size).image)
+    deltas = counterfactual_deltas(colour_embedder, pre, q, reference, 2, np.random.default_rng(0))
+    e_q = colour_embedder(pre.to_tensor(render(q, pre.size).image)[None])[0]
+    e_r = colour_embedder(reference[None])[0]
+    others = [colour_embedder(pre.to_tensor(render(q.replace(colour=c), pre.size).image)[None])[0]
+              for c in COLOURS if c != "red"]
+    expected = float((torch.stack(others) @ e_r).mean())
+    assert deltas["colour"] == pytest.approx(expected - float(e_q @ e_r), abs=1e-5)
+    assert deltas["colour"] < -0.05
+    for f in ("shape", "pattern", "background"):  # the centre pixel stays the object's (shading aside)
+        assert abs(deltas[f]) < 0.01
+    assert best_factor(deltas) == "colour"
+
+
+@pytest.mark.parametrize(("benchmark", "class_factors"), [("shapes", ("shape", "colour")),
+                                                         ("shapes_bg", ("shape", "background"))])
+def test_counterfactually_best_factor_of_a_bundled_model_is_one_its_classes_are_made_of(benchmark, class_factors):
+    """Each bundled similarity model matches on the two factors its benchmark's classes are made of."""
+    model, pre = load_similarity(default_weights_path(benchmark))
     embedder = Embedder(model, 64)
     rng = np.random.default_rng(0)
 
     bests = []
     for _ in range(4):
         q = random_scene(rng)
-        r = random_scene(rng, shape=q.shape, colour=q.colour)
+        r = random_scene(rng, **{f: getattr(q, f) for f in class_factors})
         deltas = counterfactual_deltas(embedder, pre, q, pre.to_tensor(render(r, pre.size).image), 3, rng)
         assert set(deltas) == {"shape", "colour", "pattern", "size", "position", "background"}
+        assert min(deltas[f] for f in class_factors) < -0.2
         bests.append(best_factor(deltas))
-    assert set(bests) <= {"shape", "colour"}
+    assert set(bests) <= set(class_factors)
 
 
-@pytest.mark.parametrize("command", ["eval-explanations", "eval-attributes"])
-def test_command_runs_end_to_end_and_prints_the_papers_table(tmp_path, capsys, command):
+@pytest.mark.parametrize(("command", "database"), [("eval-explanations", "split"), ("eval-attributes", None)])
+def test_command_runs_end_to_end_and_prints_the_papers_table(tmp_path, capsys, command, database):
     """Both commands print the paper's table (eval-attributes without --model): the bundled Random,
-    Attribute Classifier, FashionSearchNet and SANE rows with insertion, deletion, mAP, counterfactual top-1."""
+    Attribute Classifier, FashionSearchNet and SANE rows with insertion, deletion, mAP, counterfactual top-1.
+    The retrieval database is the test split or, by default on the synthetic data, every split."""
     write_dataset(tmp_path / "shapes", 84, image_size=112, progress=False)
     out = tmp_path / "report.json"
+    extra = ["--database", database] if database else []
     assert main([command, "--data", str(tmp_path / "shapes"), "--pairs", "3", "--n-masks", "20",
-                 "--k", "3", "--draws", "1", "--batch-size", "32", "--quiet", "--out", str(out)]) == 0
+                 "--k", "3", "--draws", "1", "--batch-size", "32", "--quiet", "--out", str(out), *extra]) == 0
     printed = capsys.readouterr().out
     assert "insertion ↑" in printed and "deletion ↓" in printed and "counterfactual top-1 ↑" in printed
     assert "mAP ↑" in printed and "Spearman" in printed
@@ -145,7 +183,12 @@ def test_command_runs_end_to_end_and_prints_the_papers_table(tmp_path, capsys, c
     report = json.loads(out.read_text())
     assert report["n_pairs"] == 3 and list(report["methods"]) == list(methods)
     for row in report["methods"].values():
-        assert 0 <= row["counterfactual_top1"] <= 1 and row["n_deletion"] == row["n_insertion"] == 3
+        assert 0 <= row["counterfactual_top1"] <= 1 and row["n_deletion"] == 3 and row["n_insertion"] <= 3
+    assert report["methods"]["Random"]["n_insertion"] == 3
+    n_test = len(open_dataset(tmp_path / "shapes", split="test"))
+    assert n_test < 84
+    assert report["database"] == (database or "all")
+    assert report["n_database"] == (n_test if database == "split" else 84) - 2
     # Trained models predict the attributes far better than random scores.
     for method in methods[1:]:
         assert report["methods"][method]["mAP"] > report["methods"]["Random"]["mAP"] + 0.2

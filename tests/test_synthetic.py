@@ -16,6 +16,7 @@ from sane.data.synthetic import (
     SIZES,
     Scene,
     counterfactual,
+    counterfactual_variants,
     pick_test_classes,
     position_range,
     random_scene,
@@ -167,6 +168,23 @@ def test_every_counterfactual_changes_exactly_one_factor():
         counterfactual(scene(), "texture")
     with pytest.raises(ValueError):
         counterfactual(scene(), "colour", "magenta")
+
+
+def test_counterfactual_variants_take_every_other_value_once_and_random_positions():
+    s = scene()
+    values = {"shape": SHAPES, "colour": COLOURS, "pattern": PATTERNS, "size": SIZES, "background": BACKGROUNDS}
+    for factor, all_values in values.items():
+        variants = counterfactual_variants(s, factor)
+        assert sorted(getattr(v, factor) for v in variants) == sorted(set(all_values) - {getattr(s, factor)})
+        assert all(v.seed == s.seed and v.shape == s.shape for v in variants if factor != "shape")
+    rng = np.random.default_rng(0)
+    moved = counterfactual_variants(s, "position", draws=4, rng=rng)
+    assert len(moved) == 4 and all(np.hypot(v.x - s.x, v.y - s.y) >= 0.25 for v in moved)
+    assert all((v.shape, v.colour, v.background) == (s.shape, s.colour, s.background) for v in moved)
+    with pytest.raises(ValueError):
+        counterfactual_variants(s, "texture")
+    with pytest.raises(ValueError):
+        counterfactual_variants(s, "position", draws=0)
 
 
 def test_mask_matches_the_drawn_object():

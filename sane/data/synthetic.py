@@ -270,6 +270,24 @@ def counterfactual(
     return scene.replace(**{factor: value})
 
 
+def counterfactual_variants(
+    scene: Scene, factor: str, draws: int = 3, rng: np.random.Generator | None = None
+) -> list[Scene]:
+    """The scenes that differ from ``scene`` in ``factor`` only, to average a change of that factor over.
+
+    A categorical factor takes every other value once, so the average is the exact expectation of a
+    uniformly random change (a few random draws of it made the counterfactual ground truth noisy);
+    ``"position"`` takes ``draws`` random new positions (:func:`counterfactual`).
+    """
+    if factor == "position":
+        if draws < 1:
+            raise ValueError(f"draws must be >= 1, got {draws}")
+        return [counterfactual(scene, "position", rng=rng) for _ in range(draws)]
+    if factor not in CLASS_FACTOR_VALUES:
+        raise ValueError(f"factor must be one of {FACTORS}, got {factor!r}")
+    return [counterfactual(scene, factor, v) for v in CLASS_FACTOR_VALUES[factor] if v != getattr(scene, factor)]
+
+
 def scene_attributes(scene: Scene) -> np.ndarray:
     """Binary (len(ATTRIBUTES),) uint8 vector of the attributes that hold for the scene."""
     on = {

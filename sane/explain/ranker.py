@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sane.data.synthetic import ATTRIBUTES, FACTORS, Scene, counterfactual, render, scene_attributes
+from sane.data.synthetic import ATTRIBUTES, FACTORS, Scene, render, scene_attributes
 from sane.images import Preprocess
+from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models.embedder import Embedder, model_device
 from sane.train.heatmap_loss import DEFAULT_TAU, map_distances, saliency_target
 
@@ -234,13 +235,15 @@ def estimate_prior_counterfactual(
     attributes: Sequence[str] = ATTRIBUTES,
     batch_size: int = 256,
     classes: Sequence | None = None,
+    draws: int = 3,
 ) -> dict[str, float]:
     """Prior(a) = how often a is the best explanation of a held-out same-class pair (synthetic data).
 
     For each of ``n_pairs`` random same-class pairs (q, r) of ``scenes`` (use held-out scenes; their
     data set's labels as ``classes`` when its classes are not (shape, colour)), q is
-    re-rendered once per factor with only that factor changed (:func:`counterfactual`); the factor
-    whose change drops s(q, r) the most is the pair's best explanation, and every attribute of that
+    re-rendered with one factor changed at a time (:func:`~sane.metrics.counterfactual.counterfactual_deltas`:
+    every other value of a categorical factor, ``draws`` random positions); the factor whose change
+    drops s(q, r) the most on average is the pair's best explanation, and every attribute of that
     factor present in q gets the credit (e.g. ``red`` and ``warm`` for colour; see
     :data:`ATTRIBUTE_FACTORS`). A pair no change lowers credits nothing. The result is each attribute's
     credit frequency over the pairs with additive smoothing, ``(count + smoothing) / (n + 2·smoothing)``,
@@ -261,16 +264,14 @@ def estimate_prior_counterfactual(
     counts = dict.fromkeys(attributes, 0)
     pairs = same_class_pairs(scenes, n_pairs, rng, classes)
     for q, r in pairs:
-        variants = [q, r] + [counterfactual(q, f, rng=rng) for f in FACTORS]
-        e = embedder(torch.stack([preprocess.to_tensor(render(s, preprocess.size).image) for s in variants]))
-        base = e[0] @ e[1]
-        drops = base - e[2:] @ e[1]  # (len(FACTORS),)
-        best = int(drops.argmax())
-        if float(drops[best]) <= 0:
+        deltas = counterfactual_deltas(embedder, preprocess, q, preprocess.to_tensor(render(r, preprocess.size).image),
+                                       draws, rng)
+        best = best_factor(deltas)
+        if deltas[best] >= 0:
             continue
         on = scene_attributes(q)
         for a in attributes:
-            if ATTRIBUTE_FACTORS[a] == FACTORS[best] and on[index[a]]:
+            if ATTRIBUTE_FACTORS[a] == best and on[index[a]]:
                 counts[a] += 1
     n = len(pairs)
     return {a: (counts[a] + smoothing) / (n + 2 * smoothing) for a in attributes}

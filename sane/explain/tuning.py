@@ -26,14 +26,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sane.data import open_dataset
-from sane.evaluation.attribute_explanations import (
-    best_factor,
-    counterfactual_deltas,
-    retrieval_space,
-    same_class_index_pairs,
-)
+from sane.evaluation.attribute_explanations import retrieval_space, same_class_index_pairs
 from sane.explain.ranker import ATTRIBUTE_FACTORS, DEFAULT_GAMMA, DEFAULT_W, AttributeRanker
 from sane.images import Preprocess
+from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split

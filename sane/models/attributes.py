@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from torchvision import models as tvm
 
 from sane.images import Preprocess
 from sane.models.backbones import _conv_bn_relu, _resnet_trunk
+from sane.models.checkpoint import bundled_weights
 
 ATTRIBUTE_MODELS = ("sane", "classifier", "fashionsearchnet", "random")
 ATTRIBUTE_TRUNKS = ("compact", "resnet50")
@@ -166,9 +166,10 @@ def build_attribute_model(
     return AttributePredictor(trunk, channels, attributes, arch, kind)
 
 
-def default_attribute_weights(kind: str = "sane") -> Path:
-    """Path of a bundled attribute checkpoint (``attributes_<kind>.pt``, trained on Shapes with Attributes)."""
-    return Path(str(resources.files("sane.models") / "weights" / f"attributes_{kind}.pt"))
+def default_attribute_weights(kind: str = "sane", benchmark: str = "shapes") -> Path:
+    """Path of a bundled attribute checkpoint (``attributes_<kind>.pt``), by default trained on Shapes
+    with Attributes; ``benchmark="shapes_bg"``: on its shape x background variant."""
+    return bundled_weights(benchmark) / f"attributes_{kind}.pt"
 
 
 def save_attributes(

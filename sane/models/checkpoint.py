@@ -14,11 +14,23 @@ from sane.images import Preprocess
 from sane.models.backbones import build_embedding
 
 DEFAULT_SIMILARITY = "similarity_compact.pt"
+# The synthetic benchmarks with bundled models: "shapes" (classes by shape x colour, the default
+# everywhere) and "shapes_bg" (classes by shape x background: the attribute benchmark where the
+# factors that explain a match lie in different places), each its folder under weights/.
+BENCHMARKS = ("shapes", "shapes_bg")
 
 
-def default_weights_path() -> Path:
-    """Path of the committed default similarity checkpoint (trained on Shapes with Attributes)."""
-    return Path(str(resources.files("sane.models") / "weights" / DEFAULT_SIMILARITY))
+def bundled_weights(benchmark: str = "shapes") -> Path:
+    """Folder of a benchmark's bundled checkpoints (see :data:`BENCHMARKS`)."""
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
+    weights = Path(str(resources.files("sane.models") / "weights"))
+    return weights if benchmark == "shapes" else weights / benchmark
+
+
+def default_weights_path(benchmark: str = "shapes") -> Path:
+    """Path of a committed similarity checkpoint: by default the one trained on Shapes with Attributes."""
+    return bundled_weights(benchmark) / (DEFAULT_SIMILARITY if benchmark == "shapes" else "similarity.pt")
 
 
 def save_similarity(path: str | os.PathLike, model: nn.Module, preprocess: Preprocess, **meta) -> None:

@@ -20,6 +20,21 @@ from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 DEFAULT_DATA = "data/shapes"
 DATA_HELP = "data directory, AwA2 or Polyvore Outfits layout"
+# Each bundled synthetic benchmark's data directory and the two factors its classes are made of
+# (sane data synth --classes-by); generated on first use by ensure_data.
+BENCHMARK_DATA = {"shapes": (DEFAULT_DATA, ("shape", "colour")), "shapes_bg": ("data/shapes_bg", ("shape", "background"))}
+
+
+def ensure_data(path: str) -> str:
+    """A bundled benchmark's synthetic data set is generated on first use, so evaluations work out of the box."""
+    for data_dir, classes_by in BENCHMARK_DATA.values():
+        if path == data_dir and not Path(path).is_dir():
+            from sane.data import write_dataset
+
+            option = "" if classes_by == ("shape", "colour") else f" --classes-by {','.join(classes_by)}"
+            print(f"{path} not found: generating it (sane data synth --out {path} --n 4200 --seed 0{option})")
+            write_dataset(path, 4200, seed=0, classes_by=classes_by)
+    return path
 
 
 def command_line() -> str:
@@ -121,10 +136,11 @@ def _cmd_eval_attributes(args: argparse.Namespace) -> int:
     if args.model is None:
         return _cmd_eval_explanations(args)
     model, preprocess = load_attributes(args.model, args.device)
-    report = evaluate_attributes(model, preprocess, args.data, split=args.split, limit=args.limit, seed=args.seed,
+    data = ensure_data(args.data or BENCHMARK_DATA[args.benchmark][0])
+    report = evaluate_attributes(model, preprocess, data, split=args.split, limit=args.limit, seed=args.seed,
                                  progress=not args.quiet)
     if args.cache:
-        report["saliency_agreement"] = saliency_agreement(model, preprocess, args.data, args.cache, args.tau)
+        report["saliency_agreement"] = saliency_agreement(model, preprocess, data, args.cache, args.tau)
     print(format_attribute_report(report))
     write_report(args.out, report)
     return 0
@@ -136,20 +152,24 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
     from sane.explain.ranker import load_prior
     from sane.models import load_similarity
     from sane.models.attributes import default_attribute_weights, load_attributes
+    from sane.models.checkpoint import default_weights_path
 
-    similarity, preprocess = load_similarity(args.similarity, args.device)
+    bench = args.benchmark
+    similarity, preprocess = load_similarity(args.similarity or default_weights_path(bench), args.device)
     attribute_models = {
-        "sane": load_attributes(args.sane or default_attribute_weights("sane"), args.device),
-        "classifier": load_attributes(args.classifier or default_attribute_weights("classifier"), args.device),
+        "sane": load_attributes(args.sane or default_attribute_weights("sane", bench), args.device),
+        "classifier": load_attributes(args.classifier or default_attribute_weights("classifier", bench), args.device),
     }
     fsn = args.fashionsearchnet
-    if fsn is None and args.sane is None and default_attribute_weights("fashionsearchnet").is_file():
-        fsn = default_attribute_weights("fashionsearchnet")  # the bundled models' table includes the bundled FSN
+    if fsn is None and args.sane is None and default_attribute_weights("fashionsearchnet", bench).is_file():
+        fsn = default_attribute_weights("fashionsearchnet", bench)  # the bundled table includes the bundled FSN
     if fsn and fsn != "none":
         attribute_models["fashionsearchnet"] = load_attributes(fsn, args.device)
-    report = evaluate_explanations(similarity, preprocess, attribute_models, args.data, split=args.split,
+    data = ensure_data(args.data or BENCHMARK_DATA[bench][0])
+    report = evaluate_explanations(similarity, preprocess, attribute_models, data, split=args.split,
                                    n_pairs=args.pairs, n_masks=args.n_masks, k=args.k, draws=args.draws,
                                    seed=args.seed, batch_size=args.batch_size, progress=not args.quiet,
+                                   database=args.database,
                                    prior=args.prior if args.prior in (None, "uniform") else load_prior(args.prior))
     print(format_explanation_table(report))
     write_report(args.out, report)
@@ -158,6 +178,10 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
 
 def _add_table_options(p: argparse.ArgumentParser) -> None:
     """Options of the attribute-explanation table (eval-explanations, eval-attributes without --model)."""
+    p.add_argument("--benchmark", default="shapes", choices=list(BENCHMARK_DATA),
+                   help="which bundled models (and synthetic data, unless --data) the table defaults to: shapes "
+                        "(classes by shape x colour) or shapes_bg (by shape x background: the explaining factors "
+                        "lie in different places)")
     p.add_argument("--similarity", default=None, help="similarity checkpoint (default: bundled)")
     p.add_argument("--sane", default=None, help="SANE attribute checkpoint (default: bundled)")
     p.add_argument("--classifier", default=None, help="attribute-classifier checkpoint (default: bundled)")
@@ -167,7 +191,11 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", type=int, default=40, help="same-class pairs to explain")
     p.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
     p.add_argument("--k", type=int, default=5, help="images retrieved per insertion/deletion")
-    p.add_argument("--draws", type=int, default=3, help="counterfactual renders averaged per factor")
+    p.add_argument("--database", default="auto", choices=["auto", "split", "all"],
+                   help="retrieval database of insertion/deletion: the evaluated split, every split (pairs still "
+                        "from the evaluated one), or auto: every split on the synthetic data, the split otherwise")
+    p.add_argument("--draws", type=int, default=3,
+                   help="counterfactual: random new positions averaged (other factors take every other value)")
     p.add_argument("--prior", default=None, help="ranker prior JSON (sane estimate-prior) or 'uniform'; default: "
                                                   "each model's tuned prior, w and gamma (sane tune-ranker), if any")
     p.add_argument("--batch-size", type=int, default=128)
@@ -231,7 +259,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
                                                "one model's mAP and activation-map pointing game")
     ev.add_argument("--model", default=None, help="one attribute checkpoint to report on (default: the table)")
     _add_table_options(ev)
-    ev.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
+    ev.add_argument("--data", default=None, help=DATA_HELP + " (default: the --benchmark's synthetic data)")
     ev.add_argument("--split", default="test", choices=["train", "test", "all"])
     ev.add_argument("--limit", type=int, default=None, help="evaluate a random subset of this many images")
     ev.add_argument("--seed", type=int, default=0)
@@ -271,7 +299,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--pairs", type=int, default=200, help="validation pairs (training classes)")
     tune.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
     tune.add_argument("--k", type=int, default=5, help="images retrieved per deletion (data without scenes)")
-    tune.add_argument("--draws", type=int, default=3, help="counterfactual renders per factor (synthetic data)")
+    tune.add_argument("--draws", type=int, default=3, help="counterfactual: random new positions averaged (synthetic data)")
     tune.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--batch-size", type=int, default=128)
@@ -293,9 +321,11 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
 
     exp = sub.add_parser("eval-explanations",
                          help="attribute insertion/deletion of Random, classifier and SANE vs the exact counterfactual")
-    exp.add_argument("--data", default=DEFAULT_DATA,
-                     help=DATA_HELP + " (the counterfactual check needs scenes.jsonl, i.e. the synthetic data)")
-    exp.add_argument("--split", default="test", choices=["train", "test", "all"], help="pairs and retrieval database")
+    exp.add_argument("--data", default=None,
+                     help=DATA_HELP + " (default: the --benchmark's synthetic data; the counterfactual check needs "
+                                      "scenes.jsonl, i.e. the synthetic data)")
+    exp.add_argument("--split", default="test", choices=["train", "test", "all"],
+                     help="the pairs' split (and the retrieval database's, see --database)")
     _add_table_options(exp)
     exp.add_argument("--seed", type=int, default=0)
     exp.add_argument("--device", default="cpu")
@@ -343,7 +373,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--eval-pairs", type=int, default=40, help="same-class pairs explained by eval-explanations")
     group.add_argument("--eval-n-masks", type=int, default=300, help="RISE masks per query map in eval-explanations")
     group.add_argument("--k", type=int, default=5, help="images retrieved per attribute insertion/deletion")
-    group.add_argument("--draws", type=int, default=3, help="counterfactual renders per factor (synthetic data)")
+    group.add_argument("--draws", type=int, default=3, help="counterfactual: random new positions averaged (synthetic data)")
     pipe.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
     pipe.add_argument("--seed", type=int, default=0)
     pipe.add_argument("--batch-size", type=int, default=250, help="forward batches of RISE and the evaluations")
