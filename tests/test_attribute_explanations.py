@@ -193,3 +193,20 @@ def test_command_runs_end_to_end_and_prints_the_papers_table(tmp_path, capsys, c
     for method in methods[1:]:
         assert report["methods"][method]["mAP"] > report["methods"]["Random"]["mAP"] + 0.2
     assert sum(report["best_factor_counts"].values()) == 3 and report["agreement"]["n_items"] > 0
+
+
+def test_shapes_bg_benchmark_uses_its_bundled_models(tmp_path, capsys):
+    """--benchmark shapes_bg: the bundled shape x background models, whose similarity matches on shape and
+    background, so every pair's counterfactually best factor is one of those two."""
+    data = tmp_path / "shapes_bg"
+    write_dataset(data, 96, image_size=112, progress=False, classes_by=("shape", "background"))
+    out = tmp_path / "report.json"
+    assert main(["eval-attributes", "--benchmark", "shapes_bg", "--data", str(data), "--pairs", "4",
+                 "--n-masks", "20", "--k", "3", "--draws", "1", "--batch-size", "32", "--quiet",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["methods"]) == ["Random", "Attribute Classifier", "FashionSearchNet", "SANE"]
+    counts = report["best_factor_counts"]
+    assert sum(counts.values()) == 4 and counts["shape"] + counts["background"] == 4
+    for method in ("Attribute Classifier", "FashionSearchNet", "SANE"):
+        assert report["methods"][method]["mAP"] > report["methods"]["Random"]["mAP"] + 0.2
