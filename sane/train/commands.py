@@ -15,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from sane.data.synthetic import DEFAULT_CLASSES_BY
 from sane.train.heatmap_loss import DEFAULT_TAU
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
@@ -22,7 +23,7 @@ DEFAULT_DATA = "data/shapes"
 DATA_HELP = "data directory, AwA2 or Polyvore Outfits layout"
 # Each bundled synthetic benchmark's data directory and the two factors its classes are made of
 # (sane data synth --classes-by); generated on first use by ensure_data.
-BENCHMARK_DATA = {"shapes": (DEFAULT_DATA, ("shape", "colour")), "shapes_bg": ("data/shapes_bg", ("shape", "background"))}
+BENCHMARK_DATA = {"shapes": (DEFAULT_DATA, DEFAULT_CLASSES_BY), "shapes_bg": ("data/shapes_bg", ("shape", "background"))}
 
 
 def ensure_data(path: str) -> str:
@@ -31,7 +32,7 @@ def ensure_data(path: str) -> str:
         if path == data_dir and not Path(path).is_dir():
             from sane.data import write_dataset
 
-            option = "" if classes_by == ("shape", "colour") else f" --classes-by {','.join(classes_by)}"
+            option = "" if classes_by == DEFAULT_CLASSES_BY else f" --classes-by {','.join(classes_by)}"
             print(f"{path} not found: generating it (sane data synth --out {path} --n 4200 --seed 0{option})")
             write_dataset(path, 4200, seed=0, classes_by=classes_by)
     return path
