@@ -71,9 +71,11 @@ def timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def best_batch_size(model: nn.Module, image: torch.Tensor, candidates=(32, 64, 128, 256), images: int = 512) -> int:
-    """The batch size with the highest forward throughput on this machine (CPU caches favour small ones)."""
-    embed = Embedder(model, max(candidates))
+def best_batch_size(model: nn.Module, image: torch.Tensor, candidates=(32, 64, 128, 256), images: int = 512,
+                    **options) -> int:
+    """The batch size with the highest forward throughput on this machine (CPU caches favour small ones);
+    ``options`` are the Embedder's speed options (e.g. ``quantize=True``)."""
+    embed = Embedder(model, max(candidates), **options)
     speed = dict.fromkeys(candidates, float("inf"))
     for _ in range(2):  # two interleaved sweeps, best of each: the first calls of a process run slow
         for bs in candidates:
@@ -84,7 +86,8 @@ def best_batch_size(model: nn.Module, image: torch.Tensor, candidates=(32, 64, 1
             for _ in range(rounds):
                 embed(batch)
             speed[bs] = min(speed[bs], (time.perf_counter() - start) / (rounds * bs))
-    log("forward ms/image by batch size: " + ", ".join(f"{bs}: {s * 1e3:.2f}" for bs, s in speed.items()))
+    label = f" ({', '.join(options)})" if options else ""
+    log(f"forward ms/image by batch size{label}: " + ", ".join(f"{bs}: {s * 1e3:.2f}" for bs, s in speed.items()))
     return min(speed, key=speed.get)
 
 
@@ -347,12 +350,20 @@ def run_peers(args, model, pairs, explainers, lime_segments, bs) -> dict:
     rise_fused = RISE(model, **rise_opts, fuse=True, channels_last=True)
     rise_fast = RISE(model, **rise_opts, fuse=True, channels_last=True, amp=True)
     rise_compiled = RISE(model, **rise_opts, fuse=True, channels_last=True, amp=True, compile=True)
+    # int8 static quantization (CPU only): calibrated on the first pair it explains, kept after that.
+    # The int8 forward has its own fastest batch; it gets a row at the shared batch and one at its own.
+    rise_int8 = rise_int8_best = None
+    if dev.type == "cpu":
+        rise_int8 = RISE(model, **rise_opts, channels_last=True, quantize=True)
+        bs_int8 = best_batch_size(model, pairs[0][0], channels_last=True, quantize=True)
+        rise_int8_best = RISE(model, **{**rise_opts, "batch_size": bs_int8}, channels_last=True, quantize=True)
     # Sliding window and LIME with the same fast forward (fuse + NHWC + bf16), against the peers in fp32.
     fast = {"fuse": True, "channels_last": True, "amp": True}
     sw_fast = SlidingWindow(model, batch_size=bs, seed=args.seed, **fast)
     lime_fast = LIME(model, n_samples=args.n_samples, batch_size=bs, seed=args.seed, **fast)
-    for ex in (rise_amp, rise_fused, rise_fast, sw_fast):
-        ex.explain(pairs[0][0], pairs[0][1])  # warm-up
+    for ex in (rise_amp, rise_fused, rise_fast, sw_fast, rise_int8, rise_int8_best):
+        if ex is not None:
+            ex.explain(pairs[0][0], pairs[0][1])  # warm-up (and rise_int8's calibration)
     _, t_compile = timed(rise_compiled.explain, pairs[0][0], pairs[0][1])
     log(f"RISE compile=True: first map {t_compile:.1f} s (torch.compile of the forward, once per batch shape)")
     # Our 25 x 25 windows of 32 px, stride 4, hang 8 px over the border: Captum's (no overhang) match
@@ -382,6 +393,7 @@ def run_peers(args, model, pairs, explainers, lime_segments, bs) -> dict:
     if versions["torchray"]:
         torchray_rise(f0, q0, bs, args.grid, args.p, bs, args.seed)
     occ_ppe_best = None
+    int8_corr: list[float] = []
     for i, (q_cpu, r_cpu, _, _) in enumerate(pairs):
         q, r = q_cpu.to(dev), r_cpu.to(dev)
         r_emb = Embedder(model)(r[None])[0]
@@ -428,9 +440,16 @@ def run_peers(args, model, pairs, explainers, lime_segments, bs) -> dict:
             for label, ex in (("RISE bf16 autocast (amp=True)", rise_amp),
                               ("RISE fused+channels_last fp32", rise_fused),
                               ("RISE fast (fuse+channels_last+amp)", rise_fast),
-                              ("RISE fast+compile (compile=True)", rise_compiled)):
+                              ("RISE fast+compile (compile=True)", rise_compiled),
+                              ("RISE int8 (quantize=True, NHWC)", rise_int8),
+                              ("RISE int8 at its own best batch", rise_int8_best)):
+                if ex is None:
+                    continue
                 ours_x, t_x = timed(ex.explain, q, r)
-                add(f"{label} vs TorchRay rise fp32 (batch {bs})", t_x, t,
+                if ex.embedder.quantize:  # int8 changes the function a little: how far from our fp32 map
+                    int8_corr.append(pearson(ours_x.query_map, ours_rise))
+                theirs_bs = bs if ex.embedder.batch_size == bs else f"{bs}, ours {ex.embedder.batch_size}"
+                add(f"{label} vs TorchRay rise fp32 (batch {theirs_bs})", t_x, t,
                     pearson(ours_x.query_map, theirs.cpu()), pearson(ours_x.query_map, theirs_cov))
             # Same comparison with TorchRay handed the same optimised forward (our fused NHWC model under
             # bf16 autocast): what is left is the difference between the two RISE implementations.
@@ -456,6 +475,9 @@ def run_peers(args, model, pairs, explainers, lime_segments, bs) -> dict:
         out["rows"][name] = {"ours_seconds": o, "theirs_seconds": t, "ratio": o / t, "correlation": c,
                              "correlation_coverage_normalised": cc, **row}
         log(f"{name:<76}{o:>8.2f}{t:>9.2f}{o / t:>12.2f}{c:>7.3f}{cc:>9.3f}")
+    if int8_corr:
+        out["int8_correlation_to_fp32"] = float(np.mean(int8_corr))
+        log(f"RISE int8 maps vs our fp32 maps: Pearson {np.mean(int8_corr):.4f} (mean, min {min(int8_corr):.4f})")
     log("corr: Pearson over pixels, mean over pairs. corr/cov (TorchRay only): its map divided by its own masks'")
     log("coverage, as ours is (SPEC 1.2) - the raw TorchRay map carries the coverage noise of its N masks.")
     for name, version in versions.items():
@@ -466,6 +488,8 @@ def run_peers(args, model, pairs, explainers, lime_segments, bs) -> dict:
         ("RISE bf16", 1 / 3, "our RISE >= 3x faster than TorchRay's at equal N (ours bf16)"),
         ("RISE fast (fuse", 1 / 3, "our RISE >= 3x faster than TorchRay's at equal N (ours fuse+NHWC+bf16)"),
         ("RISE fast+compile", 1 / 3, "our RISE >= 3x faster than TorchRay's at equal N (ours fast + compile)"),
+        ("RISE int8 (", 1 / 3, "our RISE >= 3x faster than TorchRay's at equal N (ours int8, CPU)"),
+        ("RISE int8 at", 1 / 3, "our RISE >= 3x faster than TorchRay's at equal N (ours int8 at its best batch)"),
         ("sliding_window vs Captum Occlusion (default", 1 / 3, "sliding window >= 3x faster than Captum Occlusion "
                                                                "(default)"),
         ("sliding_window vs Captum Occlusion (best", 1.0, "sliding window no slower than Captum Occlusion at its best"),

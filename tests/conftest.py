@@ -54,3 +54,11 @@ def one_thread():
 @pytest.fixture
 def image64() -> torch.Tensor:
     return torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def blocks64() -> torch.Tensor:
+    """A 64 x 64 image of 8 x 8 flat colour blocks plus a little noise: something with superpixels."""
+    gen = torch.Generator().manual_seed(1)
+    coarse = torch.randn((1, 3, 8, 8), generator=gen)
+    return F.interpolate(coarse, size=(64, 64), mode="nearest")[0] + 0.05 * torch.randn((3, 64, 64), generator=gen)

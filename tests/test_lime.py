@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import CountingModel, RegionModel
 
 from sane.errors import InputError
@@ -15,14 +14,6 @@ from sane.saliency import GENERATORS, LIME
 from sane.saliency.lime import kernel_weights, superpixels, to_rgb
 
 BOX = (8, 24, 36, 56)  # y0, y1, x0, x1 in a 64 x 64 image
-
-
-@pytest.fixture
-def blocks64() -> torch.Tensor:
-    """A 64 x 64 image of 8 x 8 flat colour blocks plus a little noise: something with superpixels."""
-    gen = torch.Generator().manual_seed(1)
-    coarse = torch.randn((1, 3, 8, 8), generator=gen)
-    return F.interpolate(coarse, size=(64, 64), mode="nearest")[0] + 0.05 * torch.randn((3, 64, 64), generator=gen)
 
 
 def _box_mask() -> torch.Tensor:

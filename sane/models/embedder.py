@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sane.errors import InputError
-from sane.models.optimize import prepare_for_inference
+from sane.models.optimize import prepare_for_inference, quantize_int8
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -22,13 +22,18 @@ def model_device(model: nn.Module) -> torch.device:
 class Embedder:
     """Runs a similarity model on batches: L2-normalised float32 embeddings.
 
-    Speed options (all off by default, none changes what is computed beyond float rounding):
+    Speed options (all off by default; these four change nothing beyond float rounding):
     ``amp`` autocasts forwards to bf16 (CPU) / fp16 (CUDA), ``channels_last`` feeds NHWC batches,
     ``fuse`` runs a copy of the model with BatchNorm folded into its convolutions
     (:func:`~sane.models.optimize.fuse_conv_bn`; needs an eval-mode model), ``compile`` runs the
     inference forward through ``torch.compile`` with frozen weights (a one-off compile of seconds to
     a minute per batch shape, repaid over the thousands of forwards of a map; needs a C++ compiler on
     CPU). All are kept by one Embedder (and so one explainer object): reuse it across maps.
+
+    ``quantize`` (CPU only; not with ``amp`` or ``compile``) runs an int8 copy of the model
+    (:func:`~sane.models.optimize.quantize_int8`), which *does* change the function slightly: it is
+    calibrated once, by :meth:`calibrate` or else on the first batch embedded, and that calibration
+    is kept for every later call (explainers calibrate on their first pair's images and masked copies).
     """
 
     def __init__(
@@ -40,12 +45,17 @@ class Embedder:
         device: str | torch.device | None = None,
         fuse: bool = False,
         compile: bool = False,
+        quantize: bool = False,
     ):
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}", "batch_size")
+        if quantize and (amp or compile):
+            raise InputError("quantize (int8) cannot be combined with amp or compile: pick one precision", "quantize")
         if getattr(model, "training", False):
             warnings.warn("model is in training mode; call model.eval() for stable explanations", stacklevel=3)
         self.device = torch.device(device) if device is not None else model_device(model)
+        if quantize and self.device.type != "cpu":
+            raise InputError(f"quantize (int8) runs on CPU only, not {self.device}; use amp on a GPU", "quantize")
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.model = prepare_for_inference(model, fuse, channels_last, self.amp_dtype if amp else None)
         # A private copy with low-precision weights takes low-precision input (no per-call weight casts).
@@ -55,6 +65,8 @@ class Embedder:
         self.batch_size = int(batch_size)
         self.amp = amp
         self.channels_last = channels_last
+        self.quantize = quantize
+        self.calibrated = False  # quantize: whether the int8 model exists yet
         self.images_seen = 0  # forward-pass counter (images), for cost accounting
 
     def __call__(self, x: torch.Tensor, condition=None) -> torch.Tensor:
@@ -62,8 +74,21 @@ class Embedder:
         outs = [self._forward(x[i : i + self.batch_size], condition) for i in range(0, len(x), self.batch_size)]
         return torch.cat(outs)
 
+    def calibrate(self, images: torch.Tensor, condition=None) -> None:
+        """With ``quantize``: build the int8 model, its activation ranges observed on ``images``
+        ((B, 3, H, W), representative inputs). A no-op once calibrated, and without ``quantize``."""
+        if not self.quantize or self.calibrated:
+            return
+        images = images.to(self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.model = self._infer = quantize_int8(self.model, images, self.batch_size, condition)
+        self.calibrated = True
+
     def _forward(self, x: torch.Tensor, condition=None) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
+        if self.quantize and not self.calibrated:
+            self.calibrate(x, condition)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.input_dtype is not None:

@@ -15,10 +15,13 @@ from torch import nn
 
 from sane.errors import InputError
 from sane.models.embedder import Embedder
+from sane.saliency.masks import rise_masks
 from sane.saliency.result import SaliencyResult
 from sane.substrate import make_substrate
 
 MODES = ("fixed", "both")
+CALIBRATION_MASKS = 16  # masked copies of each image an int8 explainer calibrates on (``quantize``)
+_CALIBRATION_SEED_OFFSET = 7_919  # calibration masks never coincide with a generator's own
 
 
 def check_pair(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -66,8 +69,9 @@ class PerturbationExplainer:
         progress: bool = False,
         fuse: bool = False,
         compile: bool = False,
+        quantize: bool = False,
     ):
-        self.embedder = Embedder(model, batch_size, amp, channels_last, device, fuse, compile)
+        self.embedder = Embedder(model, batch_size, amp, channels_last, device, fuse, compile, quantize)
         self.seed = int(seed)
         self.substrate = substrate
         self.progress = progress
@@ -90,6 +94,19 @@ class PerturbationExplainer:
         raise NotImplementedError
 
     # -- the engine ------------------------------------------------------------------------
+    def _calibrate(self, images: torch.Tensor, condition=None) -> None:
+        """With ``quantize``, before the first forward: calibrate the int8 model on ``images`` (U, 3, H, W)
+        and ``CALIBRATION_MASKS`` copies of each under seeded RISE masks over the substrate, the
+        kind of input every generator feeds (whatever its own masks). Once per explainer."""
+        if not self.embedder.quantize or self.embedder.calibrated:
+            return
+        images = images.to(self.device)
+        masks = rise_masks(CALIBRATION_MASKS, 8, 0.5, tuple(images.shape[-2:]), self.seed + _CALIBRATION_SEED_OFFSET,
+                           self.device)
+        subs = torch.stack([make_substrate(img, self.substrate).expand_as(img) for img in images])
+        masked = subs[:, None] + (images - subs)[:, None] * masks[None, :, None]
+        self.embedder.calibrate(torch.cat([images, masked.reshape(-1, *images.shape[1:])]), condition)
+
     def _score(self, sims: torch.Tensor) -> torch.Tensor:
         return sims if self.attribution == "kept" else 1.0 - sims
 
@@ -179,6 +196,7 @@ class PerturbationExplainer:
         dev = self.device
         q_owner, r_owner = q_owner.to(dev), r_owner.to(dev)
         h, w = queries.shape[-2:]
+        self._calibrate(torch.cat([queries, references]), condition)
         emb = self.embedder(torch.cat([queries, references]).to(dev), condition)  # unmodified images
         q_emb, r_emb = emb[: len(queries)][q_owner], emb[len(queries) :][r_owner]  # (B, D) per pair
         similarity = (q_emb * r_emb).sum(1)

@@ -61,6 +61,9 @@ class LearnedMask(PerturbationExplainer):
         **kwargs,
     ):
         super().__init__(model, batch_size=batch_size, seed=seed, **kwargs)
+        if self.embedder.quantize:
+            raise InputError("the learned mask optimises through the model, and an int8 model has no gradients: "
+                             "use amp instead of quantize", "quantize")
         for name, value in (("iterations", iterations), ("mask_size", mask_size)):
             if int(value) < 1:
                 raise InputError(f"{name} must be >= 1, got {value}", name)

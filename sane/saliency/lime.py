@@ -184,6 +184,7 @@ class LIME(PerturbationExplainer):
         t_seg = time.perf_counter()
 
         q, refs = q.to(dev), refs.to(dev)
+        self._calibrate(torch.cat([q[None], refs]), condition)
         q_emb = self.embedder(q[None], condition)[0]
         r_emb = self.embedder(refs, condition)  # (K, D)
         similarity = r_emb @ q_emb
