@@ -43,11 +43,16 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "run the model as it is"
         warnings.warn(f"conv-BN fusion skipped: torch.fx could not trace the model ({exc})", stacklevel=2)
         return model
-    # fx's GraphModule drops plain attributes that the library reads (e.g. EmbeddingNet.dim, .arch).
+    return _keep_attributes(model, fused).eval()
+
+
+def _keep_attributes(model: nn.Module, rewritten: nn.Module) -> nn.Module:
+    """``rewritten`` (an fx GraphModule, which drops plain attributes) with the ones the library reads
+    from ``model`` (e.g. EmbeddingNet.dim, .arch; an attribute model's names)."""
     for name in ("dim", "arch", "attributes"):
-        if hasattr(model, name) and not hasattr(fused, name):
-            setattr(fused, name, getattr(model, name))
-    return fused.eval()
+        if hasattr(model, name) and not hasattr(rewritten, name):
+            setattr(rewritten, name, getattr(model, name))
+    return rewritten
 
 
 def prepare_for_inference(
@@ -100,7 +105,4 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor, batch_size: int =
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "run the model as it is"
         warnings.warn(f"int8 quantization skipped: torch.fx could not quantize the model ({exc})", stacklevel=2)
         return model
-    for name in ("dim", "arch", "attributes"):
-        if hasattr(model, name) and not hasattr(quantized, name):
-            setattr(quantized, name, getattr(model, name))
-    return quantized.eval()
+    return _keep_attributes(model, quantized).eval()
