@@ -103,9 +103,13 @@ class PerturbationExplainer:
         images = images.to(self.device)
         masks = rise_masks(CALIBRATION_MASKS, 8, 0.5, tuple(images.shape[-2:]), self.seed + _CALIBRATION_SEED_OFFSET,
                            self.device)
-        subs = torch.stack([make_substrate(img, self.substrate).expand_as(img) for img in images])
-        masked = subs[:, None] + (images - subs)[:, None] * masks[None, :, None]
+        subs = self._substrates(images)
+        masked = torch.addcmul(subs[:, None], (images - subs)[:, None], masks[None, :, None])
         self.embedder.calibrate(torch.cat([images, masked.reshape(-1, *images.shape[1:])]), condition)
+
+    def _substrates(self, images: torch.Tensor) -> torch.Tensor:
+        """(U, 3, H, W): what a hidden pixel of each image shows (``substrate``)."""
+        return torch.stack([make_substrate(img, self.substrate).expand_as(img) for img in images])
 
     def _score(self, sims: torch.Tensor) -> torch.Tensor:
         return sims if self.attribution == "kept" else 1.0 - sims
@@ -140,7 +144,7 @@ class PerturbationExplainer:
         hw = masks.shape[-2] * masks.shape[-1]
         per_step = max(1, self.embedder.batch_size // u)  # masks per forward batch
         images = images.to(dev)
-        subs = torch.stack([make_substrate(img, self.substrate).expand_as(img) for img in images])
+        subs = self._substrates(images)
         delta = images - subs
         num = cov = None
         if targets is not None:
@@ -196,8 +200,9 @@ class PerturbationExplainer:
         dev = self.device
         q_owner, r_owner = q_owner.to(dev), r_owner.to(dev)
         h, w = queries.shape[-2:]
-        self._calibrate(torch.cat([queries, references]), condition)
-        emb = self.embedder(torch.cat([queries, references]).to(dev), condition)  # unmodified images
+        unmodified = torch.cat([queries, references]).to(dev)
+        self._calibrate(unmodified, condition)
+        emb = self.embedder(unmodified, condition)
         q_emb, r_emb = emb[: len(queries)][q_owner], emb[len(queries) :][r_owner]  # (B, D) per pair
         similarity = (q_emb * r_emb).sum(1)
         qmasks = self.query_masks((h, w))
