@@ -16,6 +16,7 @@ from sane.evaluation.attribute_explanations import (
     _ranker_picks,
     averaged_predictions,
     nearest_in_prediction_space,
+    paired_difference,
     retrieval_delta,
 )
 from sane.explain.ranker import AttributeRanker
@@ -165,6 +166,18 @@ def test_counterfactually_best_factor_of_a_bundled_model_is_one_its_classes_are_
     assert set(bests) <= set(class_factors)
 
 
+def test_paired_difference_counts_only_pairs_both_methods_picked_for():
+    hits = [{"SANE": True, "clf": False}, {"SANE": True, "clf": True}, {"SANE": False, "clf": True},
+            {"SANE": True, "clf": False}, {"SANE": True}]  # the last pair: no pick by clf, left out
+    d = paired_difference(hits, "SANE", "clf")
+    diffs = np.array([1.0, 0.0, -1.0, 1.0])
+    assert d["n"] == 4 and d["difference"] == pytest.approx(0.25)
+    assert d["standard_error"] == pytest.approx(diffs.std(ddof=1) / 2)
+    assert d["standard_error"] > 0
+    empty = paired_difference([{"SANE": True}], "SANE", "clf")
+    assert empty["n"] == 0 and math.isnan(empty["difference"])
+
+
 @pytest.mark.parametrize(("command", "database"), [("eval-explanations", "split"), ("eval-attributes", None)])
 def test_command_runs_end_to_end_and_prints_the_papers_table(tmp_path, capsys, command, database):
     """Both commands print the paper's table (eval-attributes without --model): the bundled Random,
@@ -193,6 +206,13 @@ def test_command_runs_end_to_end_and_prints_the_papers_table(tmp_path, capsys, c
     for method in methods[1:]:
         assert report["methods"][method]["mAP"] > report["methods"]["Random"]["mAP"] + 0.2
     assert sum(report["best_factor_counts"].values()) == 3 and report["agreement"]["n_items"] > 0
+    # The paired margin is the difference of the two rows' top-1 (every method picked for all 3 pairs).
+    paired = report["paired_top1"]
+    assert set(paired) == {"Random", "Attribute Classifier", "FashionSearchNet"}
+    for method, row in paired.items():
+        expected = report["methods"]["SANE"]["counterfactual_top1"] - report["methods"][method]["counterfactual_top1"]
+        assert row["n"] == 3 and row["difference"] == pytest.approx(expected)
+    assert "± " in printed
 
 
 def test_shapes_bg_benchmark_uses_its_bundled_models(tmp_path, capsys):

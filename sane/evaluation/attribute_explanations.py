@@ -330,6 +330,7 @@ def evaluate_explanations(
     ins: dict[str, list[float]] = {m: [] for m in methods}
     dele: dict[str, list[float]] = {m: [] for m in methods}
     hits: dict[str, list[bool]] = {m: [] for m in methods}
+    pair_hits: list[dict[str, bool]] = []  # per pair, each picking method's hit (for paired differences)
     items_del, items_cf, retrieval_hits, within_rho = [], [], [], []
     best_counts = dict.fromkeys(FACTORS, 0)
     for qi, ri in tqdm(pairs, desc="explaining pairs", disable=not progress):
@@ -364,6 +365,7 @@ def evaluate_explanations(
                 ins[method].append(delta(ins_a, insert=True))
         if not with_counterfactual:
             continue
+        pair_hits.append({m: ATTRIBUTE_FACTORS.get(d) == best for m, (d, _) in picks.items() if d is not None})
         # Every truly present attribute: retrieval deletion Δ against its factor's exact Δ_cf.
         pair_items = []
         for a in present:
@@ -409,6 +411,7 @@ def evaluate_explanations(
         for m in methods:
             report["methods"][m]["counterfactual_top1"] = mean(hits[m])
         report["best_factor_counts"] = best_counts
+        report["paired_top1"] = {m: paired_difference(pair_hits, "SANE", m) for m in methods if m != "SANE"}
         report["agreement"] = {
             "spearman": rho,
             "n_items": len(items_del),
@@ -416,6 +419,17 @@ def evaluate_explanations(
             "retrieval_top1": mean(retrieval_hits),
         }
     return report
+
+
+def paired_difference(pair_hits: Sequence[dict[str, bool]], method: str, baseline: str) -> dict:
+    """Counterfactual top-1 of ``method`` minus ``baseline`` over the pairs both picked for, with its
+    standard error (of the mean of per-pair differences, each −1, 0 or 1): how far a margin on a
+    few hundred pairs can be trusted. ``{"difference", "standard_error", "n"}`` (NaN when no pair)."""
+    diffs = np.array([float(h[method]) - float(h[baseline]) for h in pair_hits if method in h and baseline in h])
+    if len(diffs) == 0:
+        return {"difference": float("nan"), "standard_error": float("nan"), "n": 0}
+    se = float(diffs.std(ddof=1) / np.sqrt(len(diffs))) if len(diffs) > 1 else float("nan")
+    return {"difference": float(diffs.mean()), "standard_error": se, "n": int(len(diffs))}
 
 
 def format_explanation_table(report: dict) -> str:
@@ -447,4 +461,8 @@ def format_explanation_table(report: dict) -> str:
                  f"(mean); the retrieval metric's own best attribute is in the counterfactually best factor for "
                  f"{agree['retrieval_top1']:.3f} of pairs")
     lines.append(f"counterfactually best factor: {best}")
+    paired = report.get("paired_top1", {})
+    if paired:
+        lines.append("SANE's counterfactual top-1 minus each method's, same pairs (± standard error): " + ", ".join(
+            f"{m} {100 * d['difference']:+.1f} ± {100 * d['standard_error']:.1f} points" for m, d in paired.items()))
     return "\n".join(lines)
