@@ -29,7 +29,7 @@ stop:
 	$(BIN)/sane serve --stop
 
 test: install
-	$(BIN)/ruff check sane tests bench
+	$(BIN)/ruff check sane tests bench experiments
 	$(BIN)/pytest -q
 
 clean:
