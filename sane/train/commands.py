@@ -19,6 +19,12 @@ from sane.data.synthetic import DEFAULT_CLASSES_BY
 from sane.train.heatmap_loss import DEFAULT_TAU
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
+# Forward batch of the evaluation commands (eval-explanations/eval-attributes, estimate-prior,
+# tune-ranker): the compact model runs fastest per image at 32 on a 2-core CPU (bench/table1.py's
+# sweep); the results do not depend on it (an eval-attributes run at 128 and 32 printed the same table).
+EVAL_BATCH_SIZE = 32
+EVAL_BATCH_HELP = "forward batch (32 suits the compact model on a CPU; raise it on a GPU or for larger models)"
+
 DEFAULT_DATA = "data/shapes"
 DATA_HELP = "data directory, AwA2 or Polyvore Outfits layout"
 # Each bundled synthetic benchmark's data directory and the two factors its classes are made of
@@ -199,7 +205,7 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
                    help="counterfactual: random new positions averaged (other factors take every other value)")
     p.add_argument("--prior", default=None, help="ranker prior JSON (sane estimate-prior) or 'uniform'; default: "
                                                   "each model's tuned prior, w and gamma (sane tune-ranker), if any")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=EVAL_BATCH_HELP)
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
@@ -281,7 +287,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     pri.add_argument("--classifier", default=None, help="classifier checkpoint for --by deletion (default: bundled)")
     pri.add_argument("--pairs", type=int, default=200)
     pri.add_argument("--k", type=int, default=5, help="images retrieved per deletion (--by deletion)")
-    pri.add_argument("--batch-size", type=int, default=128)
+    pri.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=EVAL_BATCH_HELP)
     pri.add_argument("--quiet", action="store_true")
     pri.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
     pri.add_argument("--seed", type=int, default=0)
@@ -303,7 +309,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--draws", type=int, default=3, help="counterfactual: random new positions averaged (synthetic data)")
     tune.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
     tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--batch-size", type=int, default=128)
+    tune.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE, help=EVAL_BATCH_HELP)
     tune.add_argument("--device", default="cpu")
     tune.add_argument("--dry-run", action="store_true", help="report the choice without writing the checkpoints")
     tune.add_argument("--quiet", action="store_true")
