@@ -29,13 +29,12 @@ import torch
 from sane.data import open_dataset
 from sane.data.synthetic import FACTORS
 from sane.evaluation.attribute_explanations import same_class_index_pairs
-from sane.explain.ranker import ATTRIBUTE_FACTORS
+from sane.explain.ranker import ATTRIBUTE_FACTORS, map_match
 from sane.metrics.counterfactual import counterfactual_deltas
 from sane.models import load_similarity
 from sane.models.attributes import load_attributes
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
-from sane.train.heatmap_loss import DEFAULT_TAU, map_distances, saliency_target
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 
 MODELS = ("sane", "classifier", "fashionsearchnet")
@@ -88,8 +87,7 @@ def terms(rec: dict, name: str, saliency: torch.Tensor | None = None) -> dict:
     factor = np.array([FACTORS.index(ATTRIBUTE_FACTORS[a]) for a in names])
     maps = rec[name + "_maps"].float()
     saliency = rec["sal_q"].float() if saliency is None else saliency
-    target = saliency_target(saliency, tuple(maps.shape[-2:]), DEFAULT_TAU)
-    match = (1 - map_distances(maps, target[:, None])[:, 0] / math.sqrt(2)).clamp(0, 1).numpy()
+    match = map_match(maps, saliency).numpy()
     z = rec[name + "_z"].float().numpy()
     truth = rec["deltas"].argmin(1).numpy()
     defaults = rec["ranker_defaults"][name]

@@ -125,7 +125,7 @@ def estimate_prior(
                              "(use the deletion measure on real data)")
         held_out = np.flatnonzero(validation_split(dataset.targets, val_fraction, seed))
         prior = estimate_prior_counterfactual(model, preprocess, [dataset.scenes[i] for i in held_out],
-                                              n_pairs=n_pairs, seed=seed,
+                                              n_pairs=n_pairs, seed=seed, batch_size=batch_size,
                                               classes=[dataset.targets[i] for i in held_out])
         return prior, by
     attribute_models = {

@@ -48,6 +48,15 @@ ATTRIBUTE_FACTORS: dict[str, str] = {
 assert set(ATTRIBUTE_FACTORS) == set(ATTRIBUTES) and set(ATTRIBUTE_FACTORS.values()) == set(FACTORS)
 
 
+def map_match(maps: torch.Tensor, saliency: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
+    """SPEC §4's ``match`` (B, A) of every activation map (B, A, h, w) with its image's saliency map
+    (B, H', W'): one minus the training distance (:func:`map_distances` to :func:`saliency_target`)
+    over its maximum sqrt(2), in [0, 1]."""
+    target = saliency_target(saliency.float(), tuple(maps.shape[-2:]), tau)
+    dist = map_distances(maps, target[:, None])[:, 0]
+    return (1.0 - dist / math.sqrt(2.0)).clamp(0.0, 1.0)
+
+
 DEFAULT_W = 0.5  # SPEC §4's weight of confidence against map match, when a model carries no tuned value
 DEFAULT_GAMMA = 1.0  # exponent of the prior, likewise
 
@@ -147,9 +156,7 @@ class AttributeRanker:
         with torch.inference_mode():
             z, maps = self.model(query[None].to(model_device(self.model)))
         z, maps = z[0].float().cpu(), maps[0].float().cpu()
-        target = saliency_target(saliency_map.detach().float().cpu(), tuple(maps.shape[-2:]), self.tau)
-        dist = map_distances(maps[None], target[None, None])[0, 0]  # (A,)
-        match = (1.0 - dist / math.sqrt(2.0)).clamp(0.0, 1.0)
+        match = map_match(maps[None], saliency_map.detach().float().cpu()[None], self.tau)[0]
         conf = z.sigmoid()
         score = self.prior.pow(self.gamma) * (self.w * conf + (1.0 - self.w) * match)
         return {"z": z, "confidence": conf, "match": match, "prior": self.prior, "score": score, "maps": maps}
