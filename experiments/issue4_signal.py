@@ -7,14 +7,24 @@ section (the list under "What the numbers say, honestly"). Two steps:
     python experiments/issue4_signal.py collect --benchmark shapes_bg --split test --pairs 400 --out runs/ana/shapes_bg_test.pt
     python experiments/issue4_signal.py report --val runs/ana/shapes_bg_val.pt --test runs/ana/shapes_bg_test.pt
 
-``collect`` stores per pair the exact counterfactual Δ per factor, the query's and reference's RISE
-maps (300 masks) and every bundled attribute model's scores and activation maps (about 6 minutes for
-400 pairs on 2 cores). Validation pairs are those of ``sane tune-ranker`` (held-out images of the
-training classes, same seed); test pairs are drawn from the test split with seed 123, so they
-differ from ``sane eval-attributes``'s. ``report`` prints, without further forward passes:
-the class-majority ceiling, the AUC of the map-match signal (with the pair's own and with another
-pair's saliency map), the bundled rankers' top-1 with the paired margin, and the ranker variants
-(confidence temperature, conditional prior) chosen on validation and checked on test.
+``collect`` stores per pair the exact counterfactual Δ per factor, the query's RISE map (300 masks,
+r as reference), q's object coverage and every bundled attribute model's scores and activation maps
+(2–3 minutes per 400 pairs on 2 cores). Validation pairs are those of ``sane tune-ranker`` (held-out
+images of the training classes, same seed); test pairs are drawn from the test split with seed 123,
+so they differ from ``sane eval-attributes``'s. ``--kind`` picks the references: another image of
+q's class (``same-class``, what the library evaluates), q's nearest neighbour of another class
+(``nearest-other-class``), or a random image that shares one class factor with q, which one drawn
+per pair (``shared-factor``: the factor that explains the match then varies within q's class); the
+last two take test references from every split. ``report`` prints, without further forward passes: the class-majority
+ceiling, the AUC of the saliency map's own signal (its share on the object) and of the map-match
+signal (with the pair's own and with another pair's saliency map), the bundled rankers' top-1 with
+the paired margin, the rankers re-tuned on validation pairs of the same kind (prior, w, γ), and the
+ranker variants (confidence temperature, conditional prior) chosen on validation and checked on test.
+
+``cache-shared`` builds the saliency cache of the README's shared-reference SANE: the bundled
+model's ``sane cache-saliency`` settings (1020 images, 250 masks), each reference sharing only one
+class factor with its image; train it with ``sane train-attributes --cache`` and pass it to
+``collect --sane``.
 """
 
 from __future__ import annotations
@@ -27,12 +37,12 @@ import numpy as np
 import torch
 
 from sane.data import open_dataset
-from sane.data.synthetic import FACTORS
+from sane.data.synthetic import FACTORS, render
 from sane.evaluation.attribute_explanations import same_class_index_pairs
 from sane.explain.ranker import ATTRIBUTE_FACTORS, map_match
 from sane.metrics.counterfactual import counterfactual_deltas
-from sane.models import load_similarity
-from sane.models.attributes import load_attributes
+from sane.models import default_weights_path, load_similarity
+from sane.models.attributes import default_attribute_weights, load_attributes
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
@@ -43,20 +53,85 @@ GAMMA_GRID = (0, .25, .5, 1, 2, 4)
 CLASS_FACTORS = {"shapes": ("shape", "colour"), "shapes_bg": ("shape", "background")}
 
 
-def collect(benchmark: str, split: str, n_pairs: int, out: str) -> None:
-    weights = "sane/models/weights" + ("/shapes_bg" if benchmark == "shapes_bg" else "")
-    similarity = weights + ("/similarity.pt" if benchmark == "shapes_bg" else "/similarity_compact.pt")
-    sim, pre = load_similarity(similarity, "cpu")
-    models = {m: load_attributes(f"{weights}/attributes_{m}.pt", "cpu")[0] for m in MODELS}
+def cache_shared_factor(benchmark: str, out: str, limit: int = 1020, n_masks: int = 250) -> None:
+    """`sane cache-saliency` as the bundled SANE's cache was built, except that each image's references
+    share exactly one class factor with it (which one drawn per reference) instead of its class."""
+    import sane.train.saliency_cache as saliency_cache
+    from sane.cli import main as sane_main
+
+    data_dir = f"data/{benchmark}"
+    scenes = open_dataset(data_dir, split="train").scenes
+    values = {f: np.array([getattr(s, f) for s in scenes]) for f in CLASS_FACTORS[benchmark]}
+
+    def shared_references(targets, pool, index, k, seed):  # the signature of saliency_cache.sample_references
+        rng = np.random.default_rng([seed, 29, int(index)])
+        chosen: list[int] = []
+        for _ in range(k):
+            keep, change = (values[f] for f in CLASS_FACTORS[benchmark][:: 1 if rng.random() < 0.5 else -1])
+            pool_here = np.flatnonzero(pool & (keep == keep[index]) & (change != change[index]))
+            pool_here = np.setdiff1d(pool_here, chosen)
+            if len(pool_here):
+                chosen.append(int(rng.choice(pool_here)))
+        return np.sort(np.array(chosen, dtype=np.int64))
+
+    saliency_cache.sample_references = shared_references  # this process only
+    sane_main(["cache-saliency", "--data", data_dir, "--model", str(default_weights_path(benchmark)), "--out", out, "--n-masks", str(n_masks),
+               "--limit", str(limit)])
+
+
+def nearest_other_class_pairs(embeddings: np.ndarray, targets, queries: np.ndarray, n_pairs: int,
+                              rng: np.random.Generator) -> list[tuple[int, int]]:
+    """(q, r) with q drawn from ``queries`` (indices) and r its nearest neighbour of another class."""
+    targets = np.asarray(targets)
+    pairs = []
+    for _ in range(n_pairs):
+        qi = int(queries[int(rng.integers(len(queries)))])
+        sims = embeddings @ embeddings[qi]
+        sims[targets == targets[qi]] = -np.inf
+        pairs.append((qi, int(np.argmax(sims))))
+    return pairs
+
+
+def shared_factor_pairs(scenes, factors: tuple[str, str], queries: np.ndarray, n_pairs: int,
+                        rng: np.random.Generator) -> list[tuple[int, int]]:
+    """(q, r) with r a random image sharing exactly one of the class ``factors`` with q, that factor
+    drawn at random: which factor explains the match then varies within q's class."""
+    values = {f: np.array([getattr(s, f) for s in scenes]) for f in factors}
+    pairs = []
+    while len(pairs) < n_pairs:
+        qi = int(queries[int(rng.integers(len(queries)))])
+        keep, change = factors if rng.random() < 0.5 else factors[::-1]
+        pool = np.flatnonzero((values[keep] == values[keep][qi]) & (values[change] != values[change][qi]))
+        if len(pool):  # else no image shares that factor only (e.g. the other classes of it are test classes)
+            pairs.append((qi, int(pool[int(rng.integers(len(pool)))])))
+    return pairs
+
+
+def collect(benchmark: str, split: str, n_pairs: int, out: str, kind: str = "same-class",
+            sane: str | None = None) -> None:
+    sim, pre = load_similarity(default_weights_path(benchmark), "cpu")
+    paths = {m: default_attribute_weights(m, benchmark) for m in MODELS} | ({"sane": sane} if sane else {})
+    models = {m: load_attributes(path, "cpu")[0] for m, path in paths.items()}
     if split == "val":  # the pairs of sane tune-ranker (seed 0)
         rng = np.random.default_rng([0, 4])
         data = open_dataset(f"data/{benchmark}", split="train", preprocess=pre)
         held_out = validation_split(data.targets, DEFAULT_VAL_FRACTION, 0)
-        pairs = same_class_index_pairs(data.targets, n_pairs, rng, queries_from=held_out)
+        queries = np.flatnonzero(held_out)
     else:
         rng = np.random.default_rng(123)
         data = open_dataset(f"data/{benchmark}", split="test", preprocess=pre)
-        pairs = same_class_index_pairs(data.targets, n_pairs, rng)
+        queries = np.arange(len(data))
+        if kind != "same-class":  # references from every split, as eval-explanations' database
+            test = {path for path, _ in data.samples}
+            data = open_dataset(f"data/{benchmark}", split="all", preprocess=pre)
+            queries = np.flatnonzero([path in test for path, _ in data.samples])
+    if kind == "same-class":
+        pairs = same_class_index_pairs(data.targets, n_pairs, rng, queries_from=np.isin(np.arange(len(data)), queries))
+    elif kind == "shared-factor":
+        pairs = shared_factor_pairs(data.scenes, CLASS_FACTORS[benchmark], queries, n_pairs, rng)
+    else:
+        embeddings = Embedder(sim, 32)(data.stack_images(progress=False)).numpy()
+        pairs = nearest_other_class_pairs(embeddings, data.targets, queries, n_pairs, rng)
     needed = sorted({i for pair in pairs for i in pair})
     images = dict(zip(needed, data.stack_images(needed, progress=False)))
     embedder = Embedder(sim, 32)
@@ -66,14 +141,17 @@ def collect(benchmark: str, split: str, n_pairs: int, out: str) -> None:
         deltas = counterfactual_deltas(embedder, pre, data.scenes[qi], images[ri], 3, rng)
         rec["deltas"].append(torch.tensor([deltas[f] for f in FACTORS]))
         rec["sal_q"].append(rise.explain(images[qi], images[ri]).query_map.half())
+        rec["object"].append(torch.from_numpy(render(data.scenes[qi], size=rec["sal_q"][-1].shape[-1]).alpha).half())
         rec["labels"].append(torch.as_tensor(data.image_attributes[qi]))
+        rec["shared"].append(torch.tensor([getattr(data.scenes[qi], f) == getattr(data.scenes[ri], f)
+                                           if f in CLASS_FACTORS[benchmark] else False for f in FACTORS]))
         for name, model in models.items():
             with torch.inference_mode():
                 z, maps = model(images[qi][None])
             rec[name + "_z"].append(z[0])
             rec[name + "_maps"].append(maps[0].half())
     saved = {key: torch.stack(values) for key, values in rec.items()}
-    saved.update(pairs=pairs, attributes=list(data.attributes), benchmark=benchmark,
+    saved.update(pairs=pairs, kind=kind, attributes=list(data.attributes), benchmark=benchmark,
                  thresholds={m: torch.as_tensor(model.thresholds) for m, model in models.items()},
                  ranker_defaults={m: model.ranker_defaults for m, model in models.items()},
                  model_attributes={m: list(model.attributes) for m, model in models.items()})
@@ -115,12 +193,27 @@ def auc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
-def match_signal_auc(t: dict, truth: np.ndarray, first: int, second: int) -> float:
-    """AUC of (best candidate match in factor ``first`` − best in ``second``) for "the truth is ``first``"."""
+def match_signal(t: dict, first: int, second: int) -> np.ndarray:
+    """Per pair: best candidate match in factor ``first`` minus the best in ``second``."""
     def best(f: int) -> np.ndarray:
         return np.where(t["cand"] & (t["factor"][None] == f), t["match"], -1.0).max(1)
+    return best(first) - best(second)
+
+
+def signal_auc(signal: np.ndarray, truth: np.ndarray, first: int, second: int) -> float:
+    """AUC of ``signal`` for "the truth is ``first``" among pairs whose truth is ``first`` or ``second``."""
     keep = np.isin(truth, [first, second])
-    return auc(truth[keep] == first, (best(first) - best(second))[keep])
+    return auc(truth[keep] == first, signal[keep])
+
+
+def threshold_top1(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                   first: int, second: int) -> tuple[float, float]:
+    """Top-1 of "``first`` when the signal exceeds a threshold, else ``second``" on (signal, truth) of
+    validation and test pairs, the threshold (a percentile of the validation signal) chosen on validation."""
+    def top1(signal: np.ndarray, truth: np.ndarray, c: float) -> float:
+        return float(np.mean(np.where(signal > c, first, second) == truth))
+    c = max(np.quantile(val[0], np.linspace(0.01, 0.99, 99)), key=lambda c: top1(*val, c))
+    return top1(*val, c), top1(*test, c)
 
 
 def conditional_prior(t: dict, smoothing: float = 1.0) -> np.ndarray:
@@ -128,11 +221,36 @@ def conditional_prior(t: dict, smoothing: float = 1.0) -> np.ndarray:
     return ((t["labels"] * t["util"]).sum(0) + smoothing) / (t["labels"].sum(0) + 2 * smoothing)
 
 
+def pair_prior(t: dict, smoothing: float = 1.0) -> np.ndarray:
+    """How often a is present and in the best factor, over the pairs (estimate-prior's credit frequency)."""
+    return ((t["labels"] * t["util"]).sum(0) + smoothing) / (len(t["util"]) + 2 * smoothing)
+
+
+def margin(a: np.ndarray, b: np.ndarray) -> str:
+    diff = a - b
+    return f"{100 * diff.mean():+.1f} ± {100 * diff.std(ddof=1) / math.sqrt(len(diff)):.1f} points"
+
+
+def object_share(rec: dict) -> np.ndarray:
+    """Per pair: the saliency map's mass on q's object relative to the object's area (the map's own
+    signal for "the shape, not the surround, explains the match")."""
+    saliency = rec["sal_q"].float()
+    saliency = saliency - saliency.amin((1, 2), keepdim=True)
+    obj = rec["object"].float()
+    return ((saliency * obj).sum((1, 2)) / saliency.sum((1, 2)).clamp_min(1e-9) / obj.mean((1, 2))).numpy()
+
+
 def report(val_path: str, test_path: str) -> None:
     val, test = (torch.load(p, weights_only=False) for p in (val_path, test_path))
     benchmark = val["benchmark"]
+    print(f"{benchmark}, {val.get('kind', 'same-class')} pairs ({len(val['pairs'])} validation, "
+          f"{len(test['pairs'])} test)")
+    truth_val, truth_test = (rec["deltas"].argmin(1).numpy() for rec in (val, test))
+    if test.get("kind", "same-class") != "same-class":
+        shared = test["shared"].numpy()
+        print(f"  the true factor is one the pair shares for {shared[np.arange(len(shared)), truth_test].mean():.3f} "
+              f"of test pairs; pairs sharing shape: {shared[:, FACTORS.index('shape')].mean():.3f}")
     first, second = (FACTORS.index(f) for f in CLASS_FACTORS[benchmark])
-    truth_val = val["deltas"].argmin(1).numpy()
     by_class = collections.defaultdict(list)
     names = np.array(val["attributes"])
     for k, label in enumerate(val["labels"].numpy().astype(bool)):
@@ -142,18 +260,37 @@ def report(val_path: str, test_path: str) -> None:
     ceiling = sum(np.bincount(v).max() for v in by_class.values()) / len(truth_val)
     print(f"{benchmark}: class-majority factor is the true one for {ceiling:.3f} of validation pairs")
     shuffled = val["sal_q"].float()[torch.randperm(len(truth_val), generator=torch.Generator().manual_seed(0))]
+
+    def signal_line(label: str, val_signal: np.ndarray, test_signal: np.ndarray) -> str:
+        top1 = threshold_top1((val_signal, truth_val), (test_signal, truth_test), first, second)
+        return (f"  {label}: AUC {signal_auc(val_signal, truth_val, first, second):.3f} validation, "
+                f"{signal_auc(test_signal, truth_test, first, second):.3f} test; thresholded top-1 "
+                f"{top1[0]:.3f} validation, {top1[1]:.3f} test")
+
+    if "object" in val:
+        print(signal_line("the RISE map's share on the object", object_share(val), object_share(test)))
     for name in ("sane", "classifier"):
-        own = match_signal_auc(terms(val, name), truth_val, first, second)
-        other = match_signal_auc(terms(val, name, shuffled), truth_val, first, second)
-        print(f"  {name}: match-signal AUC {own:.3f} (another pair's saliency map: {other:.3f})")
+        own = match_signal(terms(val, name), first, second)
+        print(signal_line(f"{name} match signal", own, match_signal(terms(test, name), first, second)))
+        other = signal_auc(match_signal(terms(val, name, shuffled), first, second), truth_val, first, second)
+        print(f"    with another pair's saliency map: AUC {other:.3f} validation")
     tv = {m: terms(val, m) for m in MODELS}
     tt = {m: terms(test, m) for m in MODELS}
     bundled = {m: hits(tt[m], spec_score(tt[m], tt[m]["w"], tt[m]["gamma"])) for m in MODELS}
     for m in MODELS:
         print(f"  bundled ranker, test top-1 {m}: {bundled[m].mean():.3f}")
     for m in ("classifier", "fashionsearchnet"):
-        diff = bundled["sane"] - bundled[m]
-        print(f"  SANE - {m}: {100 * diff.mean():+.1f} ± {100 * diff.std(ddof=1) / math.sqrt(len(diff)):.1f} points")
+        print(f"  SANE - {m}: {margin(bundled['sane'], bundled[m])}")
+    # The ranker as tune-ranker would set it on validation pairs of this kind: prior from them, then (w, gamma).
+    retuned = {}
+    for m in MODELS:
+        prior = pair_prior(tv[m])
+        w, g = max(((w, g) for w in W_GRID for g in GAMMA_GRID),
+                   key=lambda p: hits(tv[m], spec_score(tv[m], *p, prior=prior)).mean())
+        retuned[m] = hits(tt[m], spec_score(tt[m], w, g, prior=prior))
+        print(f"  prior and (w={w}, gamma={g}) from these validation pairs, test top-1 {m}: {retuned[m].mean():.3f}")
+    for m in ("classifier", "fashionsearchnet"):
+        print(f"  SANE - {m}: {margin(retuned['sane'], retuned[m])}")
     variants = {
         "confidence temperature": lambda t, w, g, x: spec_score(t, w, g, temperature=x),
         "conditional prior": lambda t, w, g, x: spec_score(t, w, g, prior=x),
@@ -176,12 +313,23 @@ def main() -> None:
     c.add_argument("--split", default="val", choices=["val", "test"])
     c.add_argument("--pairs", type=int, default=400)
     c.add_argument("--out", required=True)
+    c.add_argument("--sane", default=None, help="SANE checkpoint in place of the bundled one")
+    c.add_argument("--kind", default="same-class", choices=["same-class", "nearest-other-class", "shared-factor"],
+                   help="reference: another image of q's class, q's nearest neighbour of another class, or a "
+                        "random image sharing one class factor with q (which one drawn per pair)")
+    cs = sub.add_parser("cache-shared", help="a SANE saliency cache whose references share one class factor")
+    cs.add_argument("--benchmark", default="shapes_bg", choices=list(CLASS_FACTORS))
+    cs.add_argument("--out", required=True)
+    cs.add_argument("--limit", type=int, default=1020, help="images cached (the bundled SANE's: 1020)")
+    cs.add_argument("--n-masks", type=int, default=250)
     r = sub.add_parser("report")
     r.add_argument("--val", required=True)
     r.add_argument("--test", required=True)
     args = parser.parse_args()
-    if args.command == "collect":
-        collect(args.benchmark, args.split, args.pairs, args.out)
+    if args.command == "cache-shared":
+        cache_shared_factor(args.benchmark, args.out, args.limit, args.n_masks)
+    elif args.command == "collect":
+        collect(args.benchmark, args.split, args.pairs, args.out, args.kind, args.sane)
     else:
         report(args.val, args.test)
 

@@ -58,3 +58,16 @@ def test_default_weights_are_bundled_and_small():
     assert path.is_file() and path.stat().st_size < 5_000_000
     model, pre = load_similarity()
     assert model.arch == "compact" and pre.size == 112
+
+
+def test_every_bundled_benchmark_has_its_weights_and_its_data_recipe():
+    """The checkpoint folder's benchmarks and the evaluation commands' --benchmark choices are one list."""
+    from sane.models.attributes import default_attribute_weights
+    from sane.models.checkpoint import BENCHMARKS
+    from sane.train.commands import BENCHMARK_DATA
+
+    assert set(BENCHMARK_DATA) == set(BENCHMARKS)
+    for benchmark in BENCHMARKS:
+        assert default_weights_path(benchmark).is_file()
+        for kind in ("sane", "classifier", "fashionsearchnet"):
+            assert default_attribute_weights(kind, benchmark).is_file()
