@@ -1,7 +1,7 @@
 """Issue 4 analysis: where SANE's explanations get their edge, and how much the ranker could change it.
 
 Not part of the library or the tests: it reproduces the numbers in the README's *Attribute models*
-section (the list under "What the numbers say, honestly"). Two steps:
+section (the list under "What the numbers say, honestly"). Two steps per benchmark and kind of pair:
 
     python experiments/issue4_signal.py collect --benchmark shapes_bg --split val --pairs 400 --out runs/ana/shapes_bg_val.pt
     python experiments/issue4_signal.py collect --benchmark shapes_bg --split test --pairs 400 --out runs/ana/shapes_bg_test.pt
@@ -15,11 +15,12 @@ so they differ from ``sane eval-attributes``'s. ``--kind`` picks the references:
 q's class (``same-class``, what the library evaluates), q's nearest neighbour of another class
 (``nearest-other-class``), or a random image that shares one class factor with q, which one drawn
 per pair (``shared-factor``: the factor that explains the match then varies within q's class); the
-last two take test references from every split. ``report`` prints, without further forward passes: the class-majority
-ceiling, the AUC of the saliency map's own signal (its share on the object) and of the map-match
-signal (with the pair's own and with another pair's saliency map), the bundled rankers' top-1 with
-the paired margin, the rankers re-tuned on validation pairs of the same kind (prior, w, γ), and the
-ranker variants (confidence temperature, conditional prior) chosen on validation and checked on test.
+last two take test references from every split. ``report`` prints, without further forward passes:
+the class-majority ceiling; the AUC and thresholded top-1 of the saliency map's own signal (its
+share on the object) and of each model's map-match signal (and its AUC with another pair's map);
+the bundled rankers' top-1 with the paired margin; the rankers re-tuned on validation pairs of the
+same kind (prior, w, γ); and the ranker variants (confidence temperature, conditional prior)
+chosen on validation and checked on test.
 
 ``cache-shared`` builds the saliency cache of the README's shared-reference SANE: the bundled
 model's ``sane cache-saliency`` settings (1020 images, 250 masks), each reference sharing only one
@@ -53,6 +54,16 @@ GAMMA_GRID = (0, .25, .5, 1, 2, 4)
 CLASS_FACTORS = {"shapes": ("shape", "colour"), "shapes_bg": ("shape", "background")}
 
 
+def factor_values(scenes, factors) -> dict[str, np.ndarray]:
+    """Each factor's value per image, as arrays over the data set."""
+    return {f: np.array([getattr(s, f) for s in scenes]) for f in factors}
+
+
+def sharing_only(values: dict[str, np.ndarray], keep: str, change: str, index: int) -> np.ndarray:
+    """(N,) bool: the images with image ``index``'s ``keep`` value and another ``change`` value."""
+    return (values[keep] == values[keep][index]) & (values[change] != values[change][index])
+
+
 def cache_shared_factor(benchmark: str, out: str, limit: int = 1020, n_masks: int = 250) -> None:
     """`sane cache-saliency` as the bundled SANE's cache was built, except that each image's references
     share exactly one class factor with it (which one drawn per reference) instead of its class."""
@@ -61,22 +72,22 @@ def cache_shared_factor(benchmark: str, out: str, limit: int = 1020, n_masks: in
 
     data_dir = f"data/{benchmark}"
     scenes = open_dataset(data_dir, split="train").scenes
-    values = {f: np.array([getattr(s, f) for s in scenes]) for f in CLASS_FACTORS[benchmark]}
+    factors = CLASS_FACTORS[benchmark]
+    values = factor_values(scenes, factors)
 
     def shared_references(targets, pool, index, k, seed):  # the signature of saliency_cache.sample_references
         rng = np.random.default_rng([seed, 29, int(index)])
         chosen: list[int] = []
         for _ in range(k):
-            keep, change = (values[f] for f in CLASS_FACTORS[benchmark][:: 1 if rng.random() < 0.5 else -1])
-            pool_here = np.flatnonzero(pool & (keep == keep[index]) & (change != change[index]))
-            pool_here = np.setdiff1d(pool_here, chosen)
+            keep, change = factors if rng.random() < 0.5 else factors[::-1]
+            pool_here = np.setdiff1d(np.flatnonzero(pool & sharing_only(values, keep, change, index)), chosen)
             if len(pool_here):
                 chosen.append(int(rng.choice(pool_here)))
         return np.sort(np.array(chosen, dtype=np.int64))
 
     saliency_cache.sample_references = shared_references  # this process only
-    sane_main(["cache-saliency", "--data", data_dir, "--model", str(default_weights_path(benchmark)), "--out", out, "--n-masks", str(n_masks),
-               "--limit", str(limit)])
+    sane_main(["cache-saliency", "--data", data_dir, "--model", str(default_weights_path(benchmark)), "--out", out,
+               "--n-masks", str(n_masks), "--limit", str(limit)])
 
 
 def nearest_other_class_pairs(embeddings: np.ndarray, targets, queries: np.ndarray, n_pairs: int,
@@ -96,12 +107,12 @@ def shared_factor_pairs(scenes, factors: tuple[str, str], queries: np.ndarray, n
                         rng: np.random.Generator) -> list[tuple[int, int]]:
     """(q, r) with r a random image sharing exactly one of the class ``factors`` with q, that factor
     drawn at random: which factor explains the match then varies within q's class."""
-    values = {f: np.array([getattr(s, f) for s in scenes]) for f in factors}
+    values = factor_values(scenes, factors)
     pairs = []
     while len(pairs) < n_pairs:
         qi = int(queries[int(rng.integers(len(queries)))])
         keep, change = factors if rng.random() < 0.5 else factors[::-1]
-        pool = np.flatnonzero((values[keep] == values[keep][qi]) & (values[change] != values[change][qi]))
+        pool = np.flatnonzero(sharing_only(values, keep, change, qi))
         if len(pool):  # else no image shares that factor only (e.g. the other classes of it are test classes)
             pairs.append((qi, int(pool[int(rng.integers(len(pool)))])))
     return pairs
