@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import math
 
 import numpy as np
 import torch
 
 from sane.data import open_dataset
 from sane.data.synthetic import FACTORS, render
-from sane.evaluation.attribute_explanations import same_class_index_pairs
+from sane.evaluation.attribute_explanations import paired_difference, same_class_index_pairs
 from sane.explain.ranker import ATTRIBUTE_FACTORS, map_match
 from sane.metrics.counterfactual import counterfactual_deltas
 from sane.models import default_weights_path, load_similarity
@@ -238,8 +237,9 @@ def pair_prior(t: dict, smoothing: float = 1.0) -> np.ndarray:
 
 
 def margin(a: np.ndarray, b: np.ndarray) -> str:
-    diff = a - b
-    return f"{100 * diff.mean():+.1f} ± {100 * diff.std(ddof=1) / math.sqrt(len(diff)):.1f} points"
+    """Per-pair hits ``a`` minus ``b`` with its standard error, as eval-explanations prints it."""
+    d = paired_difference([{"a": x, "b": y} for x, y in zip(a, b)], "a", "b")
+    return f"{100 * d['difference']:+.1f} ± {100 * d['standard_error']:.1f} points"
 
 
 def object_share(rec: dict) -> np.ndarray:
