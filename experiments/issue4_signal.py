@@ -45,12 +45,15 @@ from sane.models import default_weights_path, load_similarity
 from sane.models.attributes import default_attribute_weights, load_attributes
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
+from sane.train.commands import BENCHMARK_DATA
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 
 MODELS = ("sane", "classifier", "fashionsearchnet")
 W_GRID = (0, .1, .2, .3, .4, .5, .6, .7, .8, .9, 1)
 GAMMA_GRID = (0, .25, .5, 1, 2, 4)
-CLASS_FACTORS = {"shapes": ("shape", "colour"), "shapes_bg": ("shape", "background")}
+# Each bundled benchmark's two class factors and data directory (sane eval-attributes --benchmark).
+CLASS_FACTORS = {benchmark: factors for benchmark, (_, factors) in BENCHMARK_DATA.items()}
+DATA_DIRS = {benchmark: data_dir for benchmark, (data_dir, _) in BENCHMARK_DATA.items()}
 
 
 def factor_values(scenes, factors) -> dict[str, np.ndarray]:
@@ -69,7 +72,7 @@ def cache_shared_factor(benchmark: str, out: str, limit: int = 1020, n_masks: in
     import sane.train.saliency_cache as saliency_cache
     from sane.cli import main as sane_main
 
-    data_dir = f"data/{benchmark}"
+    data_dir = DATA_DIRS[benchmark]
     scenes = open_dataset(data_dir, split="train").scenes
     factors = CLASS_FACTORS[benchmark]
     values = factor_values(scenes, factors)
@@ -122,29 +125,32 @@ def collect(benchmark: str, split: str, n_pairs: int, out: str, kind: str = "sam
     sim, pre = load_similarity(default_weights_path(benchmark), "cpu")
     paths = {m: default_attribute_weights(m, benchmark) for m in MODELS} | ({"sane": sane} if sane else {})
     models = {m: load_attributes(path, "cpu")[0] for m, path in paths.items()}
+    embedder = Embedder(sim, 32)
     if split == "val":  # the pairs of sane tune-ranker (seed 0)
         rng = np.random.default_rng([0, 4])
-        data = open_dataset(f"data/{benchmark}", split="train", preprocess=pre)
+        data = open_dataset(DATA_DIRS[benchmark], split="train", preprocess=pre)
         held_out = validation_split(data.targets, DEFAULT_VAL_FRACTION, 0)
         queries = np.flatnonzero(held_out)
     else:
         rng = np.random.default_rng(123)
-        data = open_dataset(f"data/{benchmark}", split="test", preprocess=pre)
+        data = open_dataset(DATA_DIRS[benchmark], split="test", preprocess=pre)
         queries = np.arange(len(data))
         if kind != "same-class":  # references from every split, as eval-explanations' database
             test = {path for path, _ in data.samples}
-            data = open_dataset(f"data/{benchmark}", split="all", preprocess=pre)
+            data = open_dataset(DATA_DIRS[benchmark], split="all", preprocess=pre)
             queries = np.flatnonzero([path in test for path, _ in data.samples])
     if kind == "same-class":
         pairs = same_class_index_pairs(data.targets, n_pairs, rng, queries_from=np.isin(np.arange(len(data)), queries))
     elif kind == "shared-factor":
         pairs = shared_factor_pairs(data.scenes, CLASS_FACTORS[benchmark], queries, n_pairs, rng)
     else:
-        embeddings = Embedder(sim, 32)(data.stack_images(progress=False)).numpy()
-        pairs = nearest_other_class_pairs(embeddings, data.targets, queries, n_pairs, rng)
+        every_image = data.stack_images(progress=False)
+        pairs = nearest_other_class_pairs(embedder(every_image).numpy(), data.targets, queries, n_pairs, rng)
     needed = sorted({i for pair in pairs for i in pair})
-    images = dict(zip(needed, data.stack_images(needed, progress=False)))
-    embedder = Embedder(sim, 32)
+    if kind == "nearest-other-class":  # already decoded
+        images = {i: every_image[i] for i in needed}
+    else:
+        images = dict(zip(needed, data.stack_images(needed, progress=False)))
     rise = RISE(sim, n_masks=300, batch_size=32, seed=0, fuse=True, channels_last=True)
     rec: dict = collections.defaultdict(list)
     for qi, ri in pairs:
@@ -280,13 +286,13 @@ def report(val_path: str, test_path: str) -> None:
 
     if "object" in val:
         print(signal_line("the RISE map's share on the object", object_share(val), object_share(test)))
-    for name in ("sane", "classifier"):
-        own = match_signal(terms(val, name), first, second)
-        print(signal_line(f"{name} match signal", own, match_signal(terms(test, name), first, second)))
-        other = signal_auc(match_signal(terms(val, name, shuffled), first, second), truth_val, first, second)
-        print(f"    with another pair's saliency map: AUC {other:.3f} validation")
     tv = {m: terms(val, m) for m in MODELS}
     tt = {m: terms(test, m) for m in MODELS}
+    for name in ("sane", "classifier"):
+        own = match_signal(tv[name], first, second)
+        print(signal_line(f"{name} match signal", own, match_signal(tt[name], first, second)))
+        other = signal_auc(match_signal(terms(val, name, shuffled), first, second), truth_val, first, second)
+        print(f"    with another pair's saliency map: AUC {other:.3f} validation")
     bundled = {m: hits(tt[m], spec_score(tt[m], tt[m]["w"], tt[m]["gamma"])) for m in MODELS}
     for m in MODELS:
         print(f"  bundled ranker, test top-1 {m}: {bundled[m].mean():.3f}")
