@@ -39,6 +39,7 @@ import torch
 from sane.data import open_dataset
 from sane.data.synthetic import FACTORS, render
 from sane.evaluation.attribute_explanations import paired_difference, same_class_index_pairs
+from sane.evaluation.prior import smoothed_prior
 from sane.explain.ranker import ATTRIBUTE_FACTORS, map_match
 from sane.metrics.counterfactual import counterfactual_deltas
 from sane.models import default_weights_path, load_similarity
@@ -239,7 +240,9 @@ def conditional_prior(t: dict, smoothing: float = 1.0) -> np.ndarray:
 
 def pair_prior(t: dict, smoothing: float = 1.0) -> np.ndarray:
     """How often a is present and in the best factor, over the pairs (estimate-prior's credit frequency)."""
-    return ((t["labels"] * t["util"]).sum(0) + smoothing) / (len(t["util"]) + 2 * smoothing)
+    counts = (t["labels"] * t["util"]).sum(0)
+    prior = smoothed_prior(dict(enumerate(counts.tolist())), len(t["util"]), smoothing)
+    return np.array([prior[i] for i in range(len(counts))])
 
 
 def margin(a: np.ndarray, b: np.ndarray) -> str:

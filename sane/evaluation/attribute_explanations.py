@@ -62,6 +62,7 @@ from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models.attributes import RandomAttributes, predict_attributes
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
+from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
 
 METHODS = ("Random", "Attribute Classifier", "SANE")
 # Ranker-driven methods in the paper's table order: attribute_models key -> row name.
@@ -274,7 +275,7 @@ def evaluate_explanations(
     data_dir: str | os.PathLike,
     split: str = "test",
     n_pairs: int = 40,
-    n_masks: int = 300,
+    n_masks: int = DEFAULT_QUERY_MASKS,
     k: int = DEFAULT_K,
     draws: int = 3,
     seed: int = 0,

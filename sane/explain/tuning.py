@@ -32,6 +32,7 @@ from sane.images import Preprocess
 from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
+from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 
 W_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -91,7 +92,7 @@ def validation_terms(
     attribute_models: Mapping[str, tuple[nn.Module, Preprocess]],
     data_dir: str | os.PathLike,
     n_pairs: int = 200,
-    n_masks: int = 300,
+    n_masks: int = DEFAULT_QUERY_MASKS,
     k: int = 5,
     draws: int = 3,
     val_fraction: float = DEFAULT_VAL_FRACTION,

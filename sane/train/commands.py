@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from sane.data.synthetic import DEFAULT_CLASSES_BY
-from sane.train.heatmap_loss import DEFAULT_TAU
+from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS, DEFAULT_TAU
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 # Forward batch of the evaluation commands (eval-explanations/eval-attributes, estimate-prior,
@@ -196,7 +196,7 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
                    help="FashionSearchNet checkpoint for its row (default: the bundled one with the bundled models; "
                         "'none' to leave the row out)")
     p.add_argument("--pairs", type=int, default=40, help="same-class pairs to explain")
-    p.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
+    p.add_argument("--n-masks", type=int, default=DEFAULT_QUERY_MASKS, help="RISE masks per query saliency map")
     p.add_argument("--k", type=int, default=5, help="images retrieved per insertion/deletion")
     p.add_argument("--database", default="auto", choices=["auto", "split", "all"],
                    help="retrieval database of insertion/deletion: the evaluated split, every split (pairs still "
@@ -304,7 +304,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--classifier", default=None, help="classifier checkpoint (default: bundled; rewritten)")
     tune.add_argument("--fashionsearchnet", default=None, help="also tune this FashionSearchNet checkpoint")
     tune.add_argument("--pairs", type=int, default=200, help="validation pairs (training classes)")
-    tune.add_argument("--n-masks", type=int, default=300, help="RISE masks per query saliency map")
+    tune.add_argument("--n-masks", type=int, default=DEFAULT_QUERY_MASKS, help="RISE masks per query saliency map")
     tune.add_argument("--k", type=int, default=5, help="images retrieved per deletion (data without scenes)")
     tune.add_argument("--draws", type=int, default=3, help="counterfactual: random new positions averaged (synthetic data)")
     tune.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
@@ -378,7 +378,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--eval-split", default="test", choices=["train", "test", "all"])
     group.add_argument("--eval-limit", type=int, default=None, help="eval-attributes on a random subset of this size")
     group.add_argument("--eval-pairs", type=int, default=40, help="same-class pairs explained by eval-explanations")
-    group.add_argument("--eval-n-masks", type=int, default=300, help="RISE masks per query map in eval-explanations")
+    group.add_argument("--eval-n-masks", type=int, default=DEFAULT_QUERY_MASKS, help="RISE masks per query map in eval-explanations")
     group.add_argument("--k", type=int, default=5, help="images retrieved per attribute insertion/deletion")
     group.add_argument("--draws", type=int, default=3, help="counterfactual: random new positions averaged (synthetic data)")
     pipe.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)

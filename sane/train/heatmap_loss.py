@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_TAU = 10.0
+# RISE masks of the query saliency map that the ranker matches (tune-ranker, eval-attributes, pipeline)
+DEFAULT_QUERY_MASKS = 300
 
 
 def spatial_softmax(maps: torch.Tensor) -> torch.Tensor:

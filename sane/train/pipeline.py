@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 STATE_FILE = "pipeline.json"
@@ -63,7 +64,7 @@ class PipelineOptions:
     eval_split: str = "test"
     eval_limit: int | None = None
     eval_pairs: int = 40
-    eval_n_masks: int = 300
+    eval_n_masks: int = DEFAULT_QUERY_MASKS
     k: int = 5
     draws: int = 3
     val_fraction: float = DEFAULT_VAL_FRACTION
