@@ -40,18 +40,18 @@ from sane.data import open_dataset
 from sane.data.synthetic import FACTORS, render
 from sane.evaluation.attribute_explanations import paired_difference, same_class_index_pairs
 from sane.evaluation.prior import smoothed_prior
-from sane.explain.ranker import ATTRIBUTE_FACTORS, map_match
+from sane.explain.ranker import ATTRIBUTE_FACTORS, map_match, spec_score
+from sane.explain.tuning import GAMMA_GRID, W_GRID
 from sane.metrics.counterfactual import counterfactual_deltas
 from sane.models import default_weights_path, load_similarity
 from sane.models.attributes import default_attribute_weights, load_attributes
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
-from sane.train.commands import BENCHMARK_DATA
+from sane.train.commands import BENCHMARK_DATA, EVAL_BATCH_SIZE
+from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 
 MODELS = ("sane", "classifier", "fashionsearchnet")
-W_GRID = (0, .1, .2, .3, .4, .5, .6, .7, .8, .9, 1)
-GAMMA_GRID = (0, .25, .5, 1, 2, 4)
 # Each bundled benchmark's two class factors and data directory (sane eval-attributes --benchmark).
 CLASS_FACTORS = {benchmark: factors for benchmark, (_, factors) in BENCHMARK_DATA.items()}
 DATA_DIRS = {benchmark: data_dir for benchmark, (data_dir, _) in BENCHMARK_DATA.items()}
@@ -126,7 +126,7 @@ def collect(benchmark: str, split: str, n_pairs: int, out: str, kind: str = "sam
     sim, pre = load_similarity(default_weights_path(benchmark), "cpu")
     paths = {m: default_attribute_weights(m, benchmark) for m in MODELS} | ({"sane": sane} if sane else {})
     models = {m: load_attributes(path, "cpu")[0] for m, path in paths.items()}
-    embedder = Embedder(sim, 32)
+    embedder = Embedder(sim, EVAL_BATCH_SIZE)
     if split == "val":  # the pairs of sane tune-ranker (seed 0)
         rng = np.random.default_rng([0, 4])
         data = open_dataset(DATA_DIRS[benchmark], split="train", preprocess=pre)
@@ -152,7 +152,7 @@ def collect(benchmark: str, split: str, n_pairs: int, out: str, kind: str = "sam
         images = {i: every_image[i] for i in needed}
     else:
         images = dict(zip(needed, data.stack_images(needed, progress=False)))
-    rise = RISE(sim, n_masks=300, batch_size=32, seed=0, fuse=True, channels_last=True)
+    rise = RISE(sim, n_masks=DEFAULT_QUERY_MASKS, batch_size=EVAL_BATCH_SIZE, seed=0, fuse=True, channels_last=True)
     rec: dict = collections.defaultdict(list)
     for qi, ri in pairs:
         deltas = counterfactual_deltas(embedder, pre, data.scenes[qi], images[ri], 3, rng)
@@ -198,10 +198,10 @@ def hits(t: dict, score: np.ndarray) -> np.ndarray:
     return t["util"][np.arange(len(pick)), pick]
 
 
-def spec_score(t: dict, w: float, gamma: float, temperature: float = 1.0, prior: np.ndarray | None = None):
+def pair_scores(t: dict, w: float, gamma: float, temperature: float = 1.0, prior: np.ndarray | None = None):
+    """SPEC §4's score of every attribute over the stored pairs (B, A); ``temperature`` divides z in the confidence."""
     conf = 1 / (1 + np.exp(-t["z"] / temperature))
-    prior = t["prior"] if prior is None else prior
-    return prior[None] ** gamma * (w * conf + (1 - w) * t["match"])
+    return spec_score(conf, t["match"], (t["prior"] if prior is None else prior)[None], w, gamma)
 
 
 def auc(positive: np.ndarray, score: np.ndarray) -> float:
@@ -296,7 +296,7 @@ def report(val_path: str, test_path: str) -> None:
         print(signal_line(f"{name} match signal", own, match_signal(tt[name], first, second)))
         other = signal_auc(match_signal(terms(val, name, shuffled), first, second), truth_val, first, second)
         print(f"    with another pair's saliency map: AUC {other:.3f} validation")
-    bundled = {m: hits(tt[m], spec_score(tt[m], tt[m]["w"], tt[m]["gamma"])) for m in MODELS}
+    bundled = {m: hits(tt[m], pair_scores(tt[m], tt[m]["w"], tt[m]["gamma"])) for m in MODELS}
     for m in MODELS:
         print(f"  bundled ranker, test top-1 {m}: {bundled[m].mean():.3f}")
     for m in ("classifier", "fashionsearchnet"):
@@ -306,14 +306,14 @@ def report(val_path: str, test_path: str) -> None:
     for m in MODELS:
         prior = pair_prior(tv[m])
         w, g = max(((w, g) for w in W_GRID for g in GAMMA_GRID),
-                   key=lambda p: hits(tv[m], spec_score(tv[m], *p, prior=prior)).mean())
-        retuned[m] = hits(tt[m], spec_score(tt[m], w, g, prior=prior))
-        print(f"  prior and (w={w}, gamma={g}) from these validation pairs, test top-1 {m}: {retuned[m].mean():.3f}")
+                   key=lambda p: hits(tv[m], pair_scores(tv[m], *p, prior=prior)).mean())
+        retuned[m] = hits(tt[m], pair_scores(tt[m], w, g, prior=prior))
+        print(f"  prior and (w={w:g}, gamma={g:g}) from these validation pairs, test top-1 {m}: {retuned[m].mean():.3f}")
     for m in ("classifier", "fashionsearchnet"):
         print(f"  SANE - {m}: {margin(retuned['sane'], retuned[m])}")
     variants = {
-        "confidence temperature": lambda t, w, g, x: spec_score(t, w, g, temperature=x),
-        "conditional prior": lambda t, w, g, x: spec_score(t, w, g, prior=x),
+        "confidence temperature": lambda t, w, g, x: pair_scores(t, w, g, temperature=x),
+        "conditional prior": lambda t, w, g, x: pair_scores(t, w, g, prior=x),
     }
     for label, score in variants.items():
         for m in ("sane", "classifier"):
@@ -321,7 +321,7 @@ def report(val_path: str, test_path: str) -> None:
             grid = [(w, g, x) for w in W_GRID for g in GAMMA_GRID for x in extra]
             w, g, x = max(grid, key=lambda p: hits(tv[m], score(tv[m], *p)).mean())
             shown = f", T={x}" if label == "confidence temperature" else ""
-            print(f"  {label}, {m} (w={w}, gamma={g}{shown}): validation "
+            print(f"  {label}, {m} (w={w:g}, gamma={g:g}{shown}): validation "
                   f"{hits(tv[m], score(tv[m], w, g, x)).mean():.3f}, test {hits(tt[m], score(tt[m], w, g, x)).mean():.3f}")
 
 

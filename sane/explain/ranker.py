@@ -61,6 +61,12 @@ DEFAULT_W = 0.5  # SPEC §4's weight of confidence against map match, when a mod
 DEFAULT_GAMMA = 1.0  # exponent of the prior, likewise
 
 
+def spec_score(confidence, match, prior, w: float, gamma: float):
+    """SPEC §4's ``prior^γ · (w·conf + (1 − w)·match)``, elementwise on tensors or NumPy arrays of
+    broadcastable shapes (the ranker, ``sane tune-ranker``'s grid search and the analyses share it)."""
+    return prior**gamma * (w * confidence + (1.0 - w) * match)
+
+
 @dataclass
 class AttributeExplanation:
     """One ranked attribute: its score and the terms it is made of, plus its activation map (h, w).
@@ -158,7 +164,7 @@ class AttributeRanker:
         z, maps = z[0].float().cpu(), maps[0].float().cpu()
         match = map_match(maps[None], saliency_map.detach().float().cpu()[None], self.tau)[0]
         conf = z.sigmoid()
-        score = self.prior.pow(self.gamma) * (self.w * conf + (1.0 - self.w) * match)
+        score = spec_score(conf, match, self.prior, self.w, self.gamma)
         return {"z": z, "confidence": conf, "match": match, "prior": self.prior, "score": score, "maps": maps}
 
     def rank(self, query: torch.Tensor, saliency_map: torch.Tensor, top_k: int = 5) -> list[AttributeExplanation]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sane.data import open_dataset
 from sane.evaluation.attribute_explanations import retrieval_space, same_class_index_pairs
-from sane.explain.ranker import ATTRIBUTE_FACTORS, DEFAULT_GAMMA, DEFAULT_W, AttributeRanker
+from sane.explain.ranker import ATTRIBUTE_FACTORS, DEFAULT_GAMMA, DEFAULT_W, AttributeRanker, spec_score
 from sane.images import Preprocess
 from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models.embedder import Embedder
@@ -54,13 +54,12 @@ def top1_utility(pairs: Sequence[PairTerms], prior: np.ndarray, w: float, gamma:
 
     Pairs without a candidate or whose top-1 has unknown utility are left out (NaN if none is left).
     """
-    weight = np.power(prior, gamma)
     values = []
     for p in pairs:
         idx = np.flatnonzero(p.candidates)
         if len(idx) == 0:
             continue
-        score = weight[idx] * (w * p.confidence[idx] + (1.0 - w) * p.match[idx])
+        score = spec_score(p.confidence[idx], p.match[idx], prior[idx], w, gamma)
         u = p.utility[idx[int(np.argmax(score))]]
         if np.isfinite(u):
             values.append(float(u))
