@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sane.errors import InputError
+from sane.model_args import add_declaration_options, add_model_options, load_from_args
 from sane.saliency import GENERATORS
 from sane.serving.commands import add_serving_commands
 from sane.train.commands import DEFAULT_DATA, add_attribute_commands, command_line, ensure_data, write_report
@@ -48,7 +49,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from sane.explain.pair import explain_files
 
     report = explain_files(
-        args.query, args.reference, args.out, method=args.method, mode=args.mode, model_path=args.model,
+        args.query, args.reference, args.out, method=args.method, mode=args.mode, model_path=load_from_args(args),
         n_masks=args.n_masks, n_samples=args.n_samples, iterations=args.iterations, seed=args.seed,
         batch_size=args.batch_size, device=args.device, amp=args.amp, fast=args.fast, int8=args.int8,
         attributes=args.attributes,
@@ -66,9 +67,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_eval_similarity(args: argparse.Namespace) -> int:
     from sane.evaluation import evaluate_similarity
-    from sane.models import load_similarity
 
-    model, preprocess = load_similarity(args.model, args.device)
+    loaded = load_from_args(args)
+    model, preprocess = loaded.model, loaded.preprocess
     report = evaluate_similarity(model, preprocess, ensure_data(args.data), n_pairs=args.pairs, seed=args.seed)
     print(f"recall@1 on {report['n_images']} {report['split']} images: {report['recall@1']:.3f}")
     if "counterfactual" in report:
@@ -81,9 +82,9 @@ def _cmd_eval_similarity(args: argparse.Namespace) -> int:
 
 def _cmd_eval_saliency(args: argparse.Namespace) -> int:
     from sane.evaluation import evaluate_saliency, format_saliency_table
-    from sane.models import load_similarity
 
-    model, preprocess = load_similarity(args.model, args.device)
+    loaded = load_from_args(args)
+    model, preprocess = loaded.model, loaded.preprocess
     table = evaluate_saliency(
         model, preprocess, ensure_data(args.data), methods=tuple(args.methods), n_pairs=args.pairs,
         n_masks=args.n_masks, n_samples=args.n_samples, iterations=args.iterations, batch_size=args.batch_size,
@@ -91,6 +92,23 @@ def _cmd_eval_saliency(args: argparse.Namespace) -> int:
     )
     print(format_saliency_table(table))
     write_report(args.out, table)
+    return 0
+
+
+def _cmd_model_inspect(args: argparse.Namespace) -> int:
+    from sane.models.spec import sidecar_path
+
+    loaded = load_from_args(args)
+    print(f"{loaded.source}: {loaded.format}" + (f", weights {loaded.weights}" if loaded.weights else ""))
+    for line in loaded.spec.describe():
+        print(f"  {line}")
+    print(f"  checked        one forward pass of random images at {loaded.preprocess.size} px: "
+          f"{loaded.checks['dim']}-d embeddings, batch-independent, deterministic")
+    if args.save:
+        anchor = loaded.weights if loaded.format == "factory" else loaded.source
+        if anchor is None:
+            raise InputError("--save needs a file to put the metadata beside: give the factory's --weights", "save")
+        print(f"wrote {loaded.spec.save(sidecar_path(anchor))} (read whenever this model is loaded)")
     return 0
 
 
@@ -180,13 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     eval_sal.add_argument("--out", default="results/eval_saliency.json", help="JSON table path ('' to skip)")
     eval_sal.set_defaults(func=_cmd_eval_saliency)
 
+    model = sub.add_parser("model", help="inspect and declare similarity models").add_subparsers(
+        dest="model_command", required=True)
+    inspect = model.add_parser("inspect", help="load and check a model; print the preprocessing and similarity used")
+    inspect.add_argument("model", help="checkpoint, TorchScript (.pt), torch.export (.pt2) or package.module:callable")
+    add_declaration_options(inspect)
+    inspect.add_argument("--device", default="cpu")
+    inspect.add_argument("--save", action="store_true",
+                         help="store the declarations beside the model (MODEL.sane.json; beside --weights for a factory)")
+    inspect.set_defaults(func=_cmd_model_inspect)
+
     add_attribute_commands(sub)
     add_serving_commands(sub)
     return parser
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="similarity checkpoint or TorchScript file (default: bundled)")
+    add_model_options(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=256)
 

@@ -19,19 +19,93 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 MAX_PIXELS = 64_000_000
 
 
+RESIZE_POLICIES = ("squash", "crop")
+INTERPOLATIONS = {
+    "nearest": Image.NEAREST,
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "lanczos": Image.LANCZOS,
+}
+
+
 @dataclass(frozen=True)
 class Preprocess:
-    """How a model wants its input: square side and normalisation constants."""
+    """How a model wants its input: square side, resize policy, interpolation and normalisation.
+
+    ``resize="squash"`` resizes the whole image to ``size`` x ``size`` (aspect ratio not kept; our
+    models' habit). ``resize="crop"`` resizes the shorter side to ``resize_size`` (default ``size``)
+    and takes the centre ``size`` x ``size`` crop (torchvision's and CLIP's habit: ImageNet models use
+    256 then 224). ``interpolation`` is one of :data:`INTERPOLATIONS`.
+    """
 
     size: int = 112
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    resize: str = "squash"
+    interpolation: str = "bilinear"
+    resize_size: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise InputError(f"input size must be a whole number >= 1, got {self.size!r}", "input_size")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in value):
+                raise InputError(f"{name} must be three numbers (R, G, B), got {value!r}", name)
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        if any(v <= 0 for v in self.std):
+            raise InputError(f"std must be positive, got {self.std!r}", "std")
+        if self.resize not in RESIZE_POLICIES:
+            raise InputError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got {self.resize!r}", "resize")
+        if self.interpolation not in INTERPOLATIONS:
+            raise InputError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}",
+                             "interpolation")
+        if self.resize_size is not None and (self.resize != "crop" or self.resize_size < self.size):
+            raise InputError(f"resize_size ({self.resize_size}) needs resize='crop' and must be >= the input size "
+                             f"({self.size})", "resize_size")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able form (checkpoints, metadata files, archives)."""
+        return {"input_size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": self.resize,
+                "interpolation": self.interpolation, "resize_size": self.resize_size}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocess:
+        """Inverse of :meth:`to_dict` (older checkpoints hold only input_size, mean and std)."""
+        return cls(int(data["input_size"]), tuple(data["mean"]), tuple(data["std"]), data.get("resize", "squash"),
+                   data.get("interpolation", "bilinear"), data.get("resize_size"))
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the part of a ``width`` x ``height`` image the model sees."""
+        if self.resize == "squash":
+            return (0, 0, width, height)
+        scale = (self.resize_size or self.size) / min(width, height)
+        side_w, side_h = self.size / scale, self.size / scale  # the crop, in original pixels
+        left, top = (width - side_w) / 2, (height - side_h) / 2
+        return (round(left), round(top), round(left + side_w), round(top + side_h))
+
+    def visible(self, image: Image.Image) -> Image.Image:
+        """The part of ``image`` the model sees, at the image's own resolution (overlays, attributes)."""
+        box = self.crop_box(*image.size)
+        return image if box == (0, 0, *image.size) else image.crop(box)
+
+    def view(self, image: Image.Image) -> Image.Image:
+        """The RGB PIL image at the model's size, as the model sees it (resized, maybe cropped)."""
+        resample = INTERPOLATIONS[self.interpolation]
+        if self.resize == "squash":
+            return image if image.size == (self.size, self.size) else image.resize((self.size, self.size), resample)
+        w, h = image.size
+        short = self.resize_size or self.size
+        scale = short / min(w, h)
+        new_w, new_h = max(short, round(w * scale)), max(short, round(h * scale))
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), resample)
+        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> normalised (3, size, size) float tensor (squashed, not cropped)."""
-        if image.size != (self.size, self.size):
-            image = image.resize((self.size, self.size), Image.BILINEAR)
-        arr = np.asarray(image, dtype=np.float32) / 255.0
+        """RGB PIL image -> normalised (3, size, size) float tensor (see :meth:`view`)."""
+        arr = np.asarray(self.view(image), dtype=np.float32) / 255.0
         t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)

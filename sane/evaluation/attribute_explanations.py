@@ -61,6 +61,7 @@ from sane.metrics.attributes import mean_average_precision
 from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models.attributes import RandomAttributes, predict_attributes
 from sane.models.embedder import Embedder
+from sane.models.spec import COSINE, EmbeddingSpec
 from sane.saliency import RISE
 from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
 
@@ -161,6 +162,7 @@ class RetrievalSpace:
     embeddings: np.ndarray
     same_type: bool
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    embedding: EmbeddingSpec = COSINE  # how the similarity model's embeddings compare
 
     def candidates(self, qi: int, ri: int, column: int, insert: bool) -> np.ndarray:
         """(N,) bool: database images (not q, not r; of q's type where that applies) lacking (deletion)
@@ -173,8 +175,8 @@ class RetrievalSpace:
 
     def deltas(self, qi: int, ri: int, columns: Sequence[int], insert: bool, k: int = DEFAULT_K) -> list[float]:
         """Retrieval Δ (:func:`retrieval_delta`) of deleting / inserting each attribute column for pair (q, r)."""
-        sim_to_r = self.embeddings @ self.embeddings[ri]
-        s_qr = float(self.embeddings[qi] @ self.embeddings[ri])
+        sim_to_r = self.embedding.against(self.embeddings, self.embeddings[ri])
+        s_qr = float(self.embedding.against(self.embeddings[qi], self.embeddings[ri]))
         return [retrieval_delta(sim_to_r, s_qr, self.preds[qi], self.preds, self.candidates(qi, ri, j, insert), k,
                                 ignore=j)[0] for j in columns]
 
@@ -210,9 +212,10 @@ def retrieval_space(
     scores = {name: predict_attributes(model, model_images[name], batch_size)[0]
               for name, (model, _) in attribute_models.items()}
     preds = average_scores([model for model, _ in attribute_models.values()], list(scores.values()), attributes)
-    embeddings = Embedder(similarity_model, batch_size)(images).numpy()
+    embedder = Embedder(similarity_model, batch_size)
+    embeddings = embedder(images).numpy()
     return RetrievalSpace(dataset, attributes, dataset.image_attributes.astype(bool), images, model_images, preds,
-                          embeddings, dataset.format == "polyvore", scores)
+                          embeddings, dataset.format == "polyvore", scores, embedder.embedding)
 
 
 def split_map(model: nn.Module, z: torch.Tensor, labels: np.ndarray, attributes: Sequence[str]) -> float:

@@ -55,7 +55,8 @@ def evaluate_saliency(
     table = {}
     for name in methods:
         explainer = make_explainer(
-            model, name, n_masks, n_samples=n_samples, iterations=iterations, batch_size=batch_size, seed=seed
+            model, name, n_masks, n_samples=n_samples, iterations=iterations, batch_size=batch_size, seed=seed,
+            preprocess=preprocess,
         )
         maps, seconds = [], []
         for q, r in tqdm(tensor_pairs, desc=f"explaining ({name})", disable=not progress):

@@ -12,17 +12,20 @@ from tqdm.auto import tqdm
 from sane.data import FACTORS, LabelledImageDataset, counterfactual, open_dataset, render
 from sane.images import Preprocess
 from sane.models import Embedder
+from sane.models.spec import COSINE, EmbeddingSpec, embedding_spec
 
 
 def embed_images(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised embeddings of a (N, 3, H, W) stack."""
+    """Embeddings of a (N, 3, H, W) stack, ready to compare (L2-normalised for cosine)."""
     return Embedder(model, batch_size)(images).cpu()
 
 
-def recall_at_k(embeddings: torch.Tensor, labels: torch.Tensor | np.ndarray, k: int = 1) -> float:
-    """Share of images whose k nearest others (cosine) include one of the same label."""
+def recall_at_k(
+    embeddings: torch.Tensor, labels: torch.Tensor | np.ndarray, k: int = 1, embedding: EmbeddingSpec = COSINE
+) -> float:
+    """Share of images whose k nearest others (by the declared similarity) include one of the same label."""
     labels = torch.as_tensor(np.asarray(labels))
-    sims = embeddings @ embeddings.T
+    sims = embedding.matrix(embeddings, embeddings)
     sims.fill_diagonal_(float("-inf"))
     nearest = sims.topk(k, dim=1).indices
     return float((labels[nearest] == labels[:, None]).any(1).float().mean())
@@ -55,9 +58,9 @@ def counterfactual_table(
         scenes = [q_scene, r_scene] + [counterfactual(q_scene, f, rng=rng) for f in FACTORS]
         images = torch.stack([preprocess.to_tensor(render(s, preprocess.size).image) for s in scenes])
         e = embedder(images)
-        base = float(e[0] @ e[1])
-        for f, e_cf in zip(FACTORS, e[2:]):
-            deltas[f].append(float(e_cf @ e[1]) - base)
+        sims = embedder.embedding.against(e, e[1])
+        for f, s_cf in zip(FACTORS, sims[2:]):
+            deltas[f].append(float(s_cf) - float(sims[0]))
     return {f: {"mean_delta": float(np.mean(v)), "std_delta": float(np.std(v))} for f, v in deltas.items()}
 
 
@@ -76,7 +79,7 @@ def evaluate_similarity(
     report = {
         "split": split,
         "n_images": len(dataset),
-        "recall@1": recall_at_k(embed_images(model, images), dataset.targets, 1),
+        "recall@1": recall_at_k(embed_images(model, images), dataset.targets, 1, embedding_spec(model)),
     }
     if dataset.scenes is not None:
         report["counterfactual"] = counterfactual_table(model, preprocess, dataset, n_pairs, seed, progress)

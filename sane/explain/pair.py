@@ -31,12 +31,14 @@ def make_explainer(
     *,
     n_samples: int | None = None,
     iterations: int | None = None,
+    preprocess: Preprocess | None = None,
     **options,
 ):
     """A generator by name with the options that apply to it.
 
     ``n_masks`` is RISE's, ``n_samples`` LIME's and ``iterations`` the learned mask's (each left at
     its generator's default when None); the other size options are ignored by methods they do not fit.
+    ``preprocess`` gives LIME the model's mean/std (its superpixels are computed on the RGB image).
     """
     if method not in GENERATORS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(GENERATORS)}", "method")
@@ -44,6 +46,8 @@ def make_explainer(
     name = SIZE_OPTIONS.get(method)
     if name is not None and sizes[name] is not None:
         options[name] = sizes[name]
+    if preprocess is not None and method == "lime":
+        options = {"mean": preprocess.mean, "std": preprocess.std, **options}
     return GENERATORS[method](model, **options)
 
 
@@ -78,7 +82,7 @@ def explain_images(
         speed = {"quantize": True, "channels_last": True}
     explainer = make_explainer(
         model, method, n_masks, n_samples=n_samples, iterations=iterations, seed=seed, batch_size=batch_size,
-        **speed,
+        preprocess=preprocess, **speed,
     )
     return explainer.explain(preprocess.to_tensor(query), preprocess.to_tensor(reference), mode=mode)
 
@@ -114,7 +118,8 @@ def explain_files(
     t_explained = time.perf_counter()
     explanations = None
     if attributes:
-        explanations = rank_attributes(q_img, result.query_map, top_k, attribute_model, prior, device)
+        explanations = rank_attributes(preprocess.visible(q_img), result.query_map, top_k, attribute_model, prior,
+                                       device)
     t_ranked = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +127,7 @@ def explain_files(
     for name, image, saliency in (("query", q_img, result.query_map), ("reference", r_img, result.reference_map)):
         if saliency is None:
             continue
-        save_overlay(out / f"{name}_saliency.png", image, saliency)
+        save_overlay(out / f"{name}_saliency.png", preprocess.visible(image), saliency)
         np.save(out / f"{name}_saliency.npy", saliency.numpy().astype(np.float16))
         files += [f"{name}_saliency.png", f"{name}_saliency.npy"]
     report = {
@@ -132,6 +137,7 @@ def explain_files(
         "method": result.method,
         "mode": result.mode,
         "options": {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))},
+        "preprocess": preprocess.to_dict(),
         "timing_ms": {
             "load": (t_loaded - start) * 1e3,
             "explain": (t_explained - t_loaded) * 1e3,

@@ -16,6 +16,7 @@ import torch
 
 from sane.data.synthetic import FACTORS, Scene, counterfactual_variants, render
 from sane.images import Preprocess
+from sane.models.spec import COSINE
 
 
 def counterfactual_deltas(
@@ -28,14 +29,14 @@ def counterfactual_deltas(
 ) -> dict[str, float]:
     """Δ_cf per factor for query ``scene`` against the prepared ``reference`` image (3, H, W).
 
-    ``embedder`` maps a (B, 3, H, W) batch to L2-normalised embeddings (e.g. an
-    :class:`~sane.models.embedder.Embedder`); ``draws`` random positions are averaged for ``"position"``.
+    ``embedder`` maps a (B, 3, H, W) batch to embeddings (an :class:`~sane.models.embedder.Embedder`,
+    whose declared similarity scores them; a plain callable's are compared by cosine); ``draws`` random positions are averaged for ``"position"``.
     """
     variants = {f: counterfactual_variants(scene, f, draws, rng) for f in FACTORS}
     scenes = [scene] + [v for f in FACTORS for v in variants[f]]
     batch = torch.stack([preprocess.to_tensor(render(s, preprocess.size).image) for s in scenes] + [reference])
     e = embedder(batch)
-    sims = (e[:-1] @ e[-1]).numpy()
+    sims = getattr(embedder, "embedding", COSINE).against(e[:-1], e[-1]).numpy()
     deltas, start = {}, 1
     for f in FACTORS:
         n = len(variants[f])

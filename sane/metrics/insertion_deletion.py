@@ -124,7 +124,7 @@ def insertion_deletion_curves(
         ref = embed(reference.unsqueeze(0))[0]
         sims = []
         for a in range(0, 2 * steps, batch_size):
-            sims.append(embed(torch.where(show_query[a : a + batch_size], query, sub)) @ ref)
+            sims.append(embed.embedding.against(embed(torch.where(show_query[a : a + batch_size], query, sub)), ref))
         sim = torch.cat(sims).float().cpu()
     sim = sim.clone()  # a normal tensor, usable outside inference mode
     return Curves(t=t.clone(), insertion=sim[:steps], deletion=sim[steps:])

@@ -1,15 +1,16 @@
-"""Running a similarity model: batches in, L2-normalised float32 embeddings out."""
+"""Running a similarity model: batches in, float32 embeddings out (L2-normalised unless the model
+declares another similarity, :class:`~sane.models.spec.EmbeddingSpec`)."""
 
 from __future__ import annotations
 
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sane.errors import InputError
 from sane.models.optimize import prepare_for_inference, quantize_int8
+from sane.models.spec import embedding_spec
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -20,7 +21,11 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 class Embedder:
-    """Runs a similarity model on batches: L2-normalised float32 embeddings.
+    """Runs a similarity model on batches: float32 embeddings ready to compare.
+
+    ``embedding`` (the model's declared :class:`~sane.models.spec.EmbeddingSpec`, cosine unless
+    declared) normalises them and compares them: every generator and metric scores with
+    ``embedding.score`` / ``matrix`` / ``mean_scores``.
 
     Speed options (all off by default; these four change nothing beyond float rounding):
     ``amp`` autocasts forwards to bf16 (CPU) / fp16 (CUDA), ``channels_last`` feeds NHWC batches,
@@ -54,6 +59,7 @@ class Embedder:
         if getattr(model, "training", False):
             warnings.warn("model is in training mode; call model.eval() for stable explanations", stacklevel=3)
         self.device = torch.device(device) if device is not None else model_device(model)
+        self.embedding = embedding_spec(model)
         if quantize and self.device.type != "cpu":
             raise InputError(f"quantize (int8) runs on CPU only, not {self.device}; use amp on a GPU", "quantize")
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
@@ -98,4 +104,4 @@ class Embedder:
         self.images_seen += len(x)
         if out.dim() != 2:
             raise InputError(f"model must return (B, D) embeddings, got shape {tuple(out.shape)}", "model")
-        return F.normalize(out.float(), dim=1)
+        return self.embedding.embed(out)

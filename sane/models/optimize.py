@@ -49,7 +49,7 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
 def _keep_attributes(model: nn.Module, rewritten: nn.Module) -> nn.Module:
     """``rewritten`` (an fx GraphModule, which drops plain attributes) with the ones the library reads
     from ``model`` (e.g. EmbeddingNet.dim, .arch; an attribute model's names)."""
-    for name in ("dim", "arch", "attributes"):
+    for name in ("dim", "arch", "attributes", "embedding_spec"):
         if hasattr(model, name) and not hasattr(rewritten, name):
             setattr(rewritten, name, getattr(model, name))
     return rewritten

@@ -135,9 +135,9 @@ class PerturbationExplainer:
         """Embed each of U ``images`` (U, 3, H, W) under every mask (N, H, W): one stream, every forward
         batch holding ``batch_size // U`` masks applied to all U images.
 
-        With ``targets`` (B, D) and ``owner`` (B,) — map b explains image ``owner[b]`` against
-        ``targets[b]`` — the (B, H*W) maps are accumulated on the fly; with ``keep_embeddings`` the
-        (U, N, D) masked embeddings are returned too.
+        With ``targets`` (B, D) or (B, T, D) and ``owner`` (B,) — map b explains image ``owner[b]``
+        against ``targets[b]`` (the mean score over its T targets) — the (B, H*W) maps are accumulated
+        on the fly; with ``keep_embeddings`` the (U, N, D) masked embeddings are returned too.
         """
         dev = self.device
         u, n = len(images), len(masks)
@@ -167,7 +167,7 @@ class PerturbationExplainer:
             if keep_embeddings:
                 kept.append(e)
             if targets is not None:
-                scores = torch.einsum("bcd,bd->cb", e[owner], targets)  # (c, B): each map's own target
+                scores = self.embedder.embedding.mean_scores(e[owner], targets)  # (c, B): each map's own target(s)
                 self._accumulate(num, cov, self._score(scores), m)
         maps = num / cov.clamp_min(1e-6) if num is not None else None
         return maps, (torch.cat(kept, 1) if keep_embeddings else None)
@@ -180,8 +180,10 @@ class PerturbationExplainer:
         hw = masks.shape[-2] * masks.shape[-1]
         num = torch.zeros((len(targets), hw), device=self.device)
         cov = torch.zeros(hw, device=self.device)
-        scores = torch.einsum("bmd,bd->mb", embeddings[owner.to(embeddings.device)], targets)
-        self._accumulate(num, cov, self._score(scores), masks)
+        scores = self.embedder.embedding.mean_scores(embeddings[owner.to(embeddings.device)], targets)
+        step = max(1, self.embedder.batch_size)  # masks are read a batch at a time (a stream may be lazy)
+        for start in range(0, len(masks), step):
+            self._accumulate(num, cov, self._score(scores[start : start + step]), masks[start : start + step])
         return num / cov.clamp_min(1e-6)
 
     def _explain_stream(
@@ -204,7 +206,7 @@ class PerturbationExplainer:
         self._calibrate(unmodified, condition)
         emb = self.embedder(unmodified, condition)
         q_emb, r_emb = emb[: len(queries)][q_owner], emb[len(queries) :][r_owner]  # (B, D) per pair
-        similarity = (q_emb * r_emb).sum(1)
+        similarity = self.embedder.embedding.score(q_emb, r_emb)
         qmasks = self.query_masks((h, w))
         t_masks = time.perf_counter()
         ref_maps = None
@@ -213,8 +215,9 @@ class PerturbationExplainer:
         else:
             rmasks = self.reference_masks((h, w))
             _, ref_embs = self._stream(references, rmasks, condition=condition, keep_embeddings=True)  # (V, R, D)
-            # mean_j s(q_i, r_j) = q_i . mean_j r_j: one target per pair serves all N query masks.
-            qmaps, _ = self._stream(queries, qmasks, q_owner, ref_embs.mean(1)[r_owner], condition)
+            # mean_j s(q_i, r_j): a linear similarity scores q_i . mean_j r_j, one target per pair for all
+            # N query masks (EmbeddingSpec.mean_scores); a distance scores every r_j.
+            qmaps, _ = self._stream(queries, qmasks, q_owner, ref_embs[r_owner], condition)
             # Reference maps score the masked references against the unmodified query. Averaging over
             # the masked queries instead favours half-masked references (s(q_i, r_j) peaks where r_j
             # is masked as much as q_i): on the tests' RegionModel it missed the region at 1000 masks.

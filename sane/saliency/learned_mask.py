@@ -102,7 +102,7 @@ class LearnedMask(PerturbationExplainer):
         q, refs = q.to(dev), refs.to(dev)
         q_emb = self.embedder(q[None], condition)[0]
         r_emb = self.embedder(refs, condition)
-        similarity = r_emb @ q_emb
+        similarity = self.embedder.embedding.against(r_emb, q_emb)
         gen = torch.Generator(device=dev).manual_seed(self.seed)
         q_maps, r_maps = [], []
         for start in range(0, len(refs), self.embedder.batch_size):
@@ -138,13 +138,13 @@ class LearnedMask(PerturbationExplainer):
         return x
 
     def _embed(self, x: torch.Tensor, condition) -> torch.Tensor:
-        """L2-normalised embeddings with gradients (the Embedder runs under inference mode)."""
+        """Embeddings ready to compare, with gradients (the Embedder runs under inference mode)."""
         if self.embedder.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.embedder.amp_dtype, enabled=self.embedder.amp):
             out = self.model(x) if condition is None else self.model(x, condition)
         self.embedder.images_seen += len(x)
-        return F.normalize(out.float(), dim=1)
+        return self.embedder.embedding.embed(out)
 
     def _optimise(self, q, refs, r_emb, mode, condition, gen) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Learn the masks of one chunk of B references; returns (B, H, W) saliency maps (and the references')."""
@@ -171,10 +171,10 @@ class LearnedMask(PerturbationExplainer):
                     xq = self._perturb(q, q_bg, up[:b], gen)
                     xr = self._perturb(refs, r_bg, up[b:], gen)
                     e = self._embed(torch.cat([xq, xr]), condition)
-                    sims = (e[:b] * e[b:]).sum(1)
+                    sims = self.embedder.embedding.score(e[:b], e[b:])
                 else:
                     e = self._embed(self._perturb(q, q_bg, up, gen), condition)
-                    sims = (e * r_emb).sum(1)
+                    sims = self.embedder.embedding.score(e, r_emb)
                 reg = self.l1 * (1 - masks).abs().flatten(1).mean(1) + self.tv * total_variation(masks, self.tv_beta)
                 if both:
                     reg = reg[:b] + reg[b:]

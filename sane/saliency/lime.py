@@ -187,7 +187,7 @@ class LIME(PerturbationExplainer):
         self._calibrate(torch.cat([q[None], refs]), condition)
         q_emb = self.embedder(q[None], condition)[0]
         r_emb = self.embedder(refs, condition)  # (K, D)
-        similarity = r_emb @ q_emb
+        similarity = self.embedder.embedding.against(r_emb, q_emb)
         z = self.samples(n_seg)
         sims = self._score_samples(q, z, segments.to(dev), r_emb, condition)  # (N, K)
         t_fwd = time.perf_counter()
@@ -245,7 +245,7 @@ class LIME(PerturbationExplainer):
         for start in batches:
             keep = z_dev[start : start + bs][:, segments]  # (B, H, W): each pixel takes its superpixel's bit
             x = torch.addcmul(sub, delta, keep[:, None], out=buffer[: len(keep)])
-            out.append(self.embedder._forward(x, condition) @ r_emb.T)
+            out.append(self.embedder.embedding.matrix(self.embedder._forward(x, condition), r_emb))
         return torch.cat(out).float().cpu()
 
     def _fit(self, z: torch.Tensor, sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

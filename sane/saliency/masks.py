@@ -14,6 +14,10 @@ import torch.nn.functional as F
 
 # Generating masks in chunks bounds the temporary upsampled grids (chunk x (s+1)c x (s+1)c floats).
 _CHUNK = 512
+# A bank up to this many bytes is built whole and cached (2000 masks at 112 px: 100 MB); a larger
+# one (2000 masks at 224 px: 400 MB) is a :class:`RiseMaskStream`, upsampled batch by batch from its
+# cached cells, so memory stays O(batch) at any input size.
+MAX_BANK_BYTES = 256 * 2**20
 
 
 def rise_masks(
@@ -33,25 +37,68 @@ def rise_masks(
     return _rise_masks(int(n), int(grid), float(p), (int(size[0]), int(size[1])), int(seed), str(device))
 
 
-@lru_cache(maxsize=8)
-def _rise_masks(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str) -> torch.Tensor:
+def rise_bank(
+    n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str | torch.device = "cpu"
+) -> torch.Tensor | RiseMaskStream:
+    """The same masks as :func:`rise_masks`, as one cached tensor when it takes at most
+    :data:`MAX_BANK_BYTES`, else as a :class:`RiseMaskStream` that makes each slice on demand."""
+    if n * size[0] * size[1] * 4 <= MAX_BANK_BYTES:
+        return rise_masks(n, grid, p, size, seed, device)
+    rise_masks(1, grid, p, size, seed, device)  # the argument checks
+    return RiseMaskStream(int(n), int(grid), float(p), (int(size[0]), int(size[1])), int(seed), str(device))
+
+
+class RiseMaskStream:
+    """(n, H, W) RISE masks made slice by slice (``bank[a:b]``), equal to :func:`rise_masks`' rows
+    a..b; only the n low-resolution cells and shifts are kept."""
+
+    def __init__(self, n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str):
+        self.args = (n, grid, p, size, seed, device)
+        self.shape = torch.Size((n, *size))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("a RiseMaskStream is read in contiguous slices")
+        start, stop, _ = index.indices(len(self))
+        return _upsample(_rise_cells(*self.args), start, max(start, stop), self.args[3])
+
+
+@lru_cache(maxsize=32)
+def _rise_cells(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str):
+    """The random part of a bank: binary cells (n, 1, grid, grid) and crop offsets dy, dx (n,)."""
     h, w = size
     cell_h, cell_w = math.ceil(h / grid), math.ceil(w / grid)
-    up_h, up_w = (grid + 1) * cell_h, (grid + 1) * cell_w
     gen = torch.Generator(device=device).manual_seed(seed)
     cells = torch.rand((n, 1, grid, grid), generator=gen, device=device) < p
     dy = torch.randint(0, cell_h, (n,), generator=gen, device=device)
     dx = torch.randint(0, cell_w, (n,), generator=gen, device=device)
-    out = torch.empty((n, h, w), dtype=torch.float32, device=device)
-    rows_base = torch.arange(h, device=device)
-    cols_base = torch.arange(w, device=device)
+    return cells, dy, dx
+
+
+def _upsample(params, start: int, stop: int, size: tuple[int, int]) -> torch.Tensor:
+    """Masks start..stop of a bank: cells bilinearly upsampled to (grid + 1) cells and cropped to H x W."""
+    cells, dy, dx = params
+    h, w = size
+    grid = cells.shape[-1]
+    up_h, up_w = (grid + 1) * math.ceil(h / grid), (grid + 1) * math.ceil(w / grid)
+    device = cells.device
+    up = F.interpolate(cells[start:stop].float(), size=(up_h, up_w), mode="bilinear", align_corners=False)
+    rows = (dy[start:stop, None] + torch.arange(h, device=device))[:, :, None]  # (c, H, 1)
+    cols = (dx[start:stop, None] + torch.arange(w, device=device))[:, None, :]  # (c, 1, W)
+    idx = torch.arange(stop - start, device=device)[:, None, None]
+    return up[:, 0][idx, rows, cols]
+
+
+@lru_cache(maxsize=8)
+def _rise_masks(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str) -> torch.Tensor:
+    params = _rise_cells(n, grid, p, size, seed, device)
+    out = torch.empty((n, *size), dtype=torch.float32, device=device)
     for start in range(0, n, _CHUNK):
         stop = min(n, start + _CHUNK)
-        up = F.interpolate(cells[start:stop].float(), size=(up_h, up_w), mode="bilinear", align_corners=False)
-        rows = (dy[start:stop, None] + rows_base)[:, :, None]  # (c, H, 1)
-        cols = (dx[start:stop, None] + cols_base)[:, None, :]  # (c, 1, W)
-        idx = torch.arange(stop - start, device=device)[:, None, None]
-        out[start:stop] = up[:, 0][idx, rows, cols]
+        out[start:stop] = _upsample(params, start, stop, size)
     return out
 
 

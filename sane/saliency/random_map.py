@@ -34,7 +34,7 @@ class RandomSaliency:
         k = len(refs)
         noise = torch.rand((2 * k, 1, self.grid, self.grid), generator=gen)
         maps = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        sims = self.embedder(refs, condition) @ self.embedder(q[None], condition)[0]
+        sims = self.embedder.embedding.against(self.embedder(refs, condition), self.embedder(q[None], condition)[0])
         qmap, rmap = maps[:k], (maps[k:] if mode == "both" else None)
         if not batched:
             qmap, rmap = qmap[0], (rmap[0] if rmap is not None else None)

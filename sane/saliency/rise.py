@@ -7,7 +7,7 @@ from torch import nn
 
 from sane.errors import InputError
 from sane.saliency.engine import PerturbationExplainer
-from sane.saliency.masks import rise_masks
+from sane.saliency.masks import rise_bank
 
 # Reference masks use a seed stream of their own so they never coincide with the query masks.
 _REFERENCE_SEED_OFFSET = 1_000_003
@@ -48,8 +48,8 @@ class RISE(PerturbationExplainer):
         self.n_reference_masks = int(n_reference_masks)
 
     def query_masks(self, size: tuple[int, int]) -> torch.Tensor:
-        return rise_masks(self.n_masks, self.grid, self.p, size, self.seed, self.device)
+        return rise_bank(self.n_masks, self.grid, self.p, size, self.seed, self.device)
 
     def reference_masks(self, size: tuple[int, int]) -> torch.Tensor:
         seed = self.seed + _REFERENCE_SEED_OFFSET
-        return rise_masks(self.n_reference_masks, self.grid, self.p, size, seed, self.device)
+        return rise_bank(self.n_reference_masks, self.grid, self.p, size, seed, self.device)

@@ -38,7 +38,8 @@ class SaliencyHandler(ServingHandler):
         size = SIZE_OPTIONS.get(options.method)
         if size is not None and options.n_masks is not None:
             kwargs[size] = options.n_masks  # n_masks, n_samples or iterations
-        return make_explainer(self.model, options.method, seed=options.seed, **kwargs, **dict(options.generator))
+        return make_explainer(self.model, options.method, seed=options.seed, preprocess=self.preprocess, **kwargs,
+                              **dict(options.generator))
 
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
         groups: dict[tuple, list[int]] = defaultdict(list)

@@ -28,7 +28,7 @@ class SimilarityResult:
 
 
 class SimilarityHandler(ServingHandler):
-    """Cosine similarity of L2-normalised embeddings; embeddings returned as float32 .npy (base64)."""
+    """The model's declared similarity (cosine unless declared); embeddings returned as float32 .npy (base64)."""
 
     archive = "similarity"
 
@@ -42,7 +42,7 @@ class SimilarityHandler(ServingHandler):
         embedder = Embedder(self.model, self.config.batch_size, self.config.amp, self.config.channels_last)
         emb = embedder(images).cpu()
         q, r = emb[: len(indices)], emb[len(indices) :]
-        sims = (q * r).sum(1)
+        sims = embedder.embedding.score(q, r)
         return {i: SimilarityResult(float(sims[k]), q[k], r[k]) for k, i in enumerate(indices)}
 
     def encode(self, result: SimilarityResult, item: PreparedPair) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from sane.data.synthetic import DEFAULT_CLASSES_BY
+from sane.model_args import add_model_options, load_from_args
 from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS, DEFAULT_TAU
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
@@ -51,10 +52,10 @@ def command_line() -> str:
 
 def _cmd_cache_saliency(args: argparse.Namespace) -> int:
     """Load the similarity model and cache RISE maps of the training images."""
-    from sane.models import load_similarity
     from sane.train.saliency_cache import build_saliency_cache
 
-    model, preprocess = load_similarity(args.model, args.device)
+    loaded = load_from_args(args)
+    model, preprocess = loaded.model, loaded.preprocess
     out = build_saliency_cache(
         args.data, args.out, model, preprocess, n_masks=args.n_masks, refs=args.refs, size=args.size,
         limit=args.limit, chunk_size=args.chunk_size, val_fraction=args.val_fraction, seed=args.seed,
@@ -94,7 +95,7 @@ def _cmd_estimate_prior(args: argparse.Namespace) -> int:
     from sane.evaluation.prior import estimate_prior
     from sane.explain.ranker import save_prior
 
-    prior, measure = estimate_prior(args.data, args.model, by=args.by, sane=args.sane, classifier=args.classifier,
+    prior, measure = estimate_prior(args.data, load_from_args(args), by=args.by, sane=args.sane, classifier=args.classifier,
                                     n_pairs=args.pairs, k=args.k, val_fraction=args.val_fraction, seed=args.seed,
                                     batch_size=args.batch_size, device=args.device, progress=not args.quiet)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +117,7 @@ def _cmd_tune_ranker(args: argparse.Namespace) -> int:
     if args.fashionsearchnet:
         paths["fashionsearchnet"] = args.fashionsearchnet
     prior = None if args.prior == "uniform" else load_prior(args.prior)
-    selections, utility = tune_ranker(args.similarity, paths, args.data, prior, write=not args.dry_run,
+    selections, utility = tune_ranker(load_from_args(args, "similarity"), paths, args.data, prior, write=not args.dry_run,
                                       device=args.device, n_pairs=args.pairs, n_masks=args.n_masks, k=args.k,
                                       draws=args.draws, val_fraction=args.val_fraction, seed=args.seed,
                                       batch_size=args.batch_size, progress=not args.quiet)
@@ -157,12 +158,12 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
     """Attribute insertion/deletion of Random, the classifier and SANE, against the exact counterfactual."""
     from sane.evaluation.attribute_explanations import evaluate_explanations, format_explanation_table
     from sane.explain.ranker import load_prior
-    from sane.models import load_similarity
     from sane.models.attributes import default_attribute_weights, load_attributes
     from sane.models.checkpoint import default_weights_path
 
     bench = args.benchmark
-    similarity, preprocess = load_similarity(args.similarity or default_weights_path(bench), args.device)
+    loaded = load_from_args(args, "similarity", default_weights_path(bench))
+    similarity, preprocess = loaded.model, loaded.preprocess
     attribute_models = {
         "sane": load_attributes(args.sane or default_attribute_weights("sane", bench), args.device),
         "classifier": load_attributes(args.classifier or default_attribute_weights("classifier", bench), args.device),
@@ -189,7 +190,7 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
                    help="which bundled models (and synthetic data, unless --data) the table defaults to: shapes "
                         "(classes by shape x colour) or shapes_bg (by shape x background: the explaining factors "
                         "lie in different places)")
-    p.add_argument("--similarity", default=None, help="similarity checkpoint (default: bundled)")
+    add_model_options(p, "--similarity")
     p.add_argument("--sane", default=None, help="SANE attribute checkpoint (default: bundled)")
     p.add_argument("--classifier", default=None, help="attribute-classifier checkpoint (default: bundled)")
     p.add_argument("--fashionsearchnet", default=None,
@@ -226,7 +227,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
     cache = sub.add_parser("cache-saliency", help="cache RISE maps of training images against same-class references")
     cache.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     cache.add_argument("--out", required=True, help="cache directory (a rerun resumes it)")
-    cache.add_argument("--model", default=None, help="similarity checkpoint or TorchScript file (default: bundled)")
+    add_model_options(cache)
     cache.add_argument("--n-masks", type=int, default=2000, help="RISE masks per image")
     cache.add_argument("--refs", type=int, default=5, help="references (same-class images) per image, at most")
     cache.add_argument("--size", type=int, default=28, help="side of the stored (downsampled) maps")
@@ -279,7 +280,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
 
     pri = sub.add_parser("estimate-prior", help="prior of each attribute being the best explanation (held-out pairs)")
     pri.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
-    pri.add_argument("--model", default=None, help="similarity checkpoint (default: bundled)")
+    add_model_options(pri)
     pri.add_argument("--by", default="auto", choices=["auto", "deletion", "counterfactual"],
                      help="best explanation by the attribute deletion metric (SPEC §5, any data) or by exact "
                           "counterfactuals (synthetic data only); auto: counterfactual when the data has scenes")
@@ -299,7 +300,7 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
                                               "store them, with the prior, in the attribute checkpoints")
     tune.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     tune.add_argument("--prior", required=True, help="prior JSON (sane estimate-prior), or 'uniform'")
-    tune.add_argument("--similarity", default=None, help="similarity checkpoint (default: bundled)")
+    add_model_options(tune, "--similarity")
     tune.add_argument("--sane", default=None, help="SANE attribute checkpoint (default: bundled; rewritten)")
     tune.add_argument("--classifier", default=None, help="classifier checkpoint (default: bundled; rewritten)")
     tune.add_argument("--fashionsearchnet", default=None, help="also tune this FashionSearchNet checkpoint")
