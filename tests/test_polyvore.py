@@ -165,7 +165,7 @@ def test_format_detection_and_open_dataset(polyvore: Path, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="not found"):
         open_dataset(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"neither an AwA2 nor a Polyvore.*JPEGImages.*polyvore_item_metadata"):
+    with pytest.raises(FileNotFoundError, match=r"not a data directory.*JPEGImages.*polyvore_item_metadata.*labels.csv"):
         open_dataset(tmp_path / "empty")
     # A directory meant as one layout reaches that loader, which names what is missing.
     (tmp_path / "half").mkdir()

@@ -126,3 +126,39 @@ def write_tiny_polyvore(root: Path, per_category: int = POLYVORE_PER_CATEGORY, s
     (root / "polyvore_item_metadata.json").write_text(json.dumps(metadata))
     (root / "polyvore_attributes.json").write_text(json.dumps(attributes))
     return root
+
+
+def _awa2_images(per_class: int, size: int):
+    """(class, image, attributes) of the tiny AwA2 classes, drawn as :func:`write_tiny_awa2` draws them."""
+    boxes = [(0.2, 0.3, 0.8, 0.7), (0.3, 0.2, 0.7, 0.8), (0.1, 0.5, 0.9, 0.9), (0.25, 0.25, 0.75, 0.75),
+             (0.2, 0.1, 0.8, 0.6)]
+    for k, name in enumerate(AWA2_CLASSES):
+        has = AWA2_MATRIX[name]
+        colour = "black" if "black" in has else "brown" if "brown" in has else "white"
+        for i in range(per_class):
+            yield name, i, draw_item((size, size), colour, boxes[k], "stripes" in has, "spots" in has, 100 * k + i), has
+
+
+def write_tiny_csv(root: Path, per_class: int = AWA2_PER_CLASS, size: int = 40) -> Path:
+    """The CSV layout: images/<name>.jpg and labels.csv (image,class,<attributes>,split); the AwA2 split."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["image,class," + ",".join(AWA2_PREDICATES) + ",split"]
+    for name, i, image, has in _awa2_images(per_class, size):
+        rel = f"images/{name}_{i}.jpg"
+        image.save(root / rel, quality=90)
+        bits = ",".join("1" if p in has else "0" for p in AWA2_PREDICATES)
+        lines.append(f"{rel},{name},{bits},{'test' if name in AWA2_TEST else 'train'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_tiny_folders(root: Path, per_class: int = AWA2_PER_CLASS, size: int = 40) -> Path:
+    """The folder-per-class layout: <class>/<image>.jpg plus attributes.csv (class,<attributes>)."""
+    rows = ["class," + ",".join(AWA2_PREDICATES)]
+    for name, i, image, has in _awa2_images(per_class, size):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        image.save(root / name / f"{i}.jpg", quality=90)
+        if i == 0:
+            rows.append(name + "," + ",".join("1" if p in has else "0" for p in AWA2_PREDICATES))
+    (root / "attributes.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -1,10 +1,12 @@
-"""One entry point for every data directory: detect its layout (AwA2 or Polyvore Outfits) and load it."""
+"""One entry point for every data directory: detect its layout (AwA2, Polyvore Outfits, a CSV of
+labels, or a folder per class) and load it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from sane.data.awa2 import AttributeDataset
+from sane.data.folders import LABELS_FILE, FolderDataset, is_class_folders
 from sane.data.labelled import LabelledImageDataset
 from sane.data.polyvore import ATTRIBUTES_FILE, METADATA_FILE, PolyvoreDataset
 from sane.images import Preprocess
@@ -22,11 +24,16 @@ LAYOUTS = {
                 "nondisjoint/{train,valid,test}.json (outfits {'set_id', 'items': [{'item_id', 'index'}]}), "
                 f"{ATTRIBUTES_FILE} ({{item_id: [attribute name, ...]}})",
 }
-LOADERS: dict[str, type[LabelledImageDataset]] = {"awa2": AttributeDataset, "polyvore": PolyvoreDataset}
+LAYOUTS["csv"] = f"a CSV: {LABELS_FILE} with header image,class[,<attribute>,...] (paths relative to the directory, " \
+                 "attribute columns 0/1, optional split column train/test)"
+LAYOUTS["folders"] = "a folder per class: <class>/<image>.jpg (optional attributes.csv: class,<attribute>,... 0/1)"
+LOADERS: dict[str, type[LabelledImageDataset]] = {"awa2": AttributeDataset, "polyvore": PolyvoreDataset,
+                                                  "csv": FolderDataset, "folders": FolderDataset}
 
 
 def detect_format(root: str | Path) -> str:
-    """``"awa2"`` or ``"polyvore"``: the layout whose marker files ``root`` has; a clear error otherwise."""
+    """``"awa2"``, ``"polyvore"``, ``"csv"`` or ``"folders"``: the layout whose marker files ``root``
+    has (a CSV layout has labels.csv; a folder per class has none of the markers); a clear error otherwise."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data directory not found: {root}")
@@ -36,7 +43,11 @@ def detect_format(root: str | Path) -> str:
         return matches[0]
     expected = "; ".join(LAYOUTS.values())
     if not matches:
-        raise FileNotFoundError(f"{root} is neither an AwA2 nor a Polyvore Outfits directory. Expected {expected}")
+        if (root / LABELS_FILE).is_file():
+            return "csv"
+        if is_class_folders(root):
+            return "folders"
+        raise FileNotFoundError(f"{root} is not a data directory in any layout sane reads. Expected {expected}")
     both = ", ".join(m for present in found.values() for m in present)
     raise ValueError(f"{root} mixes the AwA2 and Polyvore Outfits layouts ({both}); keep one. Expected {expected}")
 

@@ -5,7 +5,8 @@ traceback at the first request.
 The checks, on a few random images at the declared input size: the model accepts that size (else
 the sizes it does accept are named), returns one (D,) embedding per image (the declared output of a
 tuple or dict), finite; an image's embedding does not depend on the rest of its batch (BatchNorm in
-training mode or other batch statistics); and two identical forward passes agree (dropout or other
+training mode or other batch statistics); different images get different embeddings (not a
+constant, e.g. an untrained zero head); and two identical forward passes agree (dropout or other
 randomness in eval mode).
 """
 
@@ -72,6 +73,16 @@ def _relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / a.norm().clamp_min(1e-12))
 
 
+def _static_batch(name: str, exc: BaseException) -> None:
+    """Raise the clear error for a torch.export program whose batch size was fixed at export."""
+    static = re.search(r"size\(\)\[0\] == (\d+)", str(exc))
+    if static:
+        raise ModelValidationError(
+            f"{name} was exported with a fixed batch size of {static.group(1)} and cannot embed batches: export "
+            "it with a dynamic batch dimension, e.g. torch.export.export(model, (x,), "
+            "dynamic_shapes=({0: torch.export.Dim('batch')},))", "batch_size") from exc
+
+
 def validate_model(loaded: LoadedModel, raw: nn.Module | None = None, seed: int = 0) -> dict[str, object]:
     """Run the checks on ``loaded`` (see the module docstring); returns what was found (embedding
     dimension, input size) or raises :class:`ModelValidationError` naming the failed check."""
@@ -88,6 +99,7 @@ def validate_model(loaded: LoadedModel, raw: nn.Module | None = None, seed: int 
     try:
         single = _forward(net, images[:1])
     except Exception as exc:  # noqa: BLE001 - the model's own error, reported with what to do
+        _static_batch(name, exc)
         if "more than 1 value per channel when training" in str(exc):
             raise ModelValidationError(
                 f"{name} is in training mode (BatchNorm uses the batch's statistics, so an image's embedding "
@@ -107,12 +119,7 @@ def validate_model(loaded: LoadedModel, raw: nn.Module | None = None, seed: int 
     try:
         batch = _forward(model, images)
     except Exception as exc:  # noqa: BLE001
-        static = re.search(r"size\(\)\[0\] == (\d+)", str(exc))
-        if static:
-            raise ModelValidationError(
-                f"{name} was exported with a fixed batch size of {static.group(1)} and cannot embed batches: export "
-                "it with a dynamic batch dimension, e.g. torch.export.export(model, (x,), "
-                "dynamic_shapes=({0: torch.export.Dim('batch')},))", "batch_size") from exc
+        _static_batch(name, exc)
         raise ModelValidationError(f"{name} fails on a batch of {BATCH} images of {size} px: {_short(exc)}",
                                    "batch_size") from exc
     if not isinstance(batch, torch.Tensor) or not batch.is_floating_point():
@@ -125,8 +132,22 @@ def validate_model(loaded: LoadedModel, raw: nn.Module | None = None, seed: int 
             f"image{hint}", "output_rank")
     if not torch.isfinite(batch).all():
         raise ModelValidationError(f"{name} returns NaN or infinite embeddings for random images", "finite")
+    spread = float((batch.float() - batch[:1].float()).norm() / batch.float().norm().clamp_min(1e-12))
+    if spread < 1e-6:
+        raise ModelValidationError(
+            f"{name} returns the same embedding for different images (all zeros: {bool(batch.eq(0).all())}), so "
+            "nothing can explain a match: were its weights loaded? (torchvision's ViT starts with a zero head: "
+            "load trained weights, or replace model.heads by torch.nn.Identity() to embed the class token)",
+            "constant")
 
-    # 2. Batch independence: image 0 alone vs in a batch of BATCH.
+    # 2. Determinism in eval mode (first: randomness would also look like batch dependence).
+    again = _forward(model, images)
+    change = _relative_change(batch.float(), again.float())
+    if change > TOLERANCE:
+        raise ModelValidationError(
+            f"{name} is not deterministic: two forward passes of the same images differ by {change:.1%} (dropout or "
+            "other randomness still active): save or export it in eval mode (model.eval())", "deterministic")
+    # 3. Batch independence: image 0 alone vs in a batch of BATCH.
     alone = _forward(model, images[:1])
     change = _relative_change(alone[0].float(), batch[0].float())
     if change > TOLERANCE:
@@ -135,11 +156,4 @@ def validate_model(loaded: LoadedModel, raw: nn.Module | None = None, seed: int 
             "are in its batch (BatchNorm in training mode, or batch statistics): put the model in eval mode "
             "before saving or exporting it, and keep its forward per image", "batch_dependent")
 
-    # 3. Determinism in eval mode.
-    again = _forward(model, images)
-    change = _relative_change(batch.float(), again.float())
-    if change > TOLERANCE:
-        raise ModelValidationError(
-            f"{name} is not deterministic: two forward passes of the same images differ by {change:.1%} (dropout or "
-            "other randomness still active): save or export it in eval mode (model.eval())", "deterministic")
     return {"input_size": size, "dim": int(batch.shape[1]), "format": loaded.format}

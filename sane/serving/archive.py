@@ -1,13 +1,19 @@
 """Building the TorchServe archives (``model_store/<name>.mar``) with torch-model-archiver.
 
-Each archive is one handler file from ``handlers/``, its model-config.yaml, the similarity weights
-as the serialized file and the ``sane`` package as extra files (the worker imports the archive's own
-copy: TorchServe puts the unpacked archive first on the worker's PYTHONPATH). The `sane` archive
-also carries the attribute model as an extra file; a new archive is one more entry in :data:`ARCHIVES`.
+Each archive is one handler file from ``handlers/``, its model-config.yaml, the similarity model
+as the serialized file (a sane checkpoint, TorchScript or ``torch.export`` file; a factory's
+state_dict), what is declared about it (``model_spec.json``, :class:`~sane.models.spec.ModelSpec`)
+and the ``sane`` package as extra files (the worker imports the archive's own copy: TorchServe puts
+the unpacked archive first on the worker's PYTHONPATH). A factory's own code travels the same way:
+its top-level package (or module) is copied into the archive unless it is installed in the Python
+environment (site-packages), which must then be the worker's too; ``code`` adds further files or
+folders. The model is loaded and validated before anything is built. The `sane` archive also
+carries the attribute model as an extra file; a new archive is one more entry in :data:`ARCHIVES`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -20,7 +26,9 @@ from typing import Any
 import yaml
 
 import sane
-from sane.models import default_weights_path
+from sane.models.checkpoint import LoadedModel, load_model
+from sane.serving.handler import MODEL_SPEC_FILE
+
 
 
 @dataclass(frozen=True)
@@ -91,41 +99,82 @@ def _stage_package(dest: Path) -> Path:
     return dest
 
 
+def factory_code(factory: str) -> list[Path]:
+    """The code a factory's worker must import that is not installed: the factory's top-level package
+    folder (or single module file), unless it lives in site-packages or is ``sane`` itself."""
+    top = factory.partition(":")[0].split(".")[0]
+    if top == "sane":
+        return []
+    module = importlib.import_module(top)
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return []
+    path = Path(file).resolve()
+    if any(part in ("site-packages", "dist-packages") for part in path.parts):
+        return []
+    return [path.parent if path.name == "__init__.py" else path]
+
+
 def build_archive(
     name: str,
     export_path: str | os.PathLike = "model_store",
-    model_path: str | os.PathLike | None = None,
+    model_path: str | os.PathLike | LoadedModel | None = None,
     handlers: str | os.PathLike | None = None,
     config_overrides: dict[str, Any] | None = None,
     version: str = sane.__version__,
+    code: tuple[str | os.PathLike, ...] = (),
+    attribute_model: str | os.PathLike | None = None,
+    model_name: str | None = None,
 ) -> Path:
-    """Build ``<export_path>/<name>.mar`` (replacing an existing one) and return its path.
+    """Build ``<export_path>/<model_name>.mar`` (replacing an existing one) and return its path: an
+    archive of kind ``name`` (similarity, saliency or sane) served as ``model_name`` (default ``name``).
 
-    ``model_path``: a similarity checkpoint or TorchScript file (default: the bundled weights).
-    ``config_overrides``: model-config keys to change, e.g. ``{"batchSize": 8, "handler": {"max_n_masks": 500}}``.
+    ``model_path``: a similarity model in any format :func:`~sane.models.load_model` takes, or a
+    :class:`~sane.models.checkpoint.LoadedModel` with its declarations (default: the bundled
+    weights); it is loaded and validated first, so a model that cannot be served fails here with a
+    clear message. ``code``: further files or folders for the archive root (a factory's code that
+    is not found automatically). ``attribute_model``: the `sane` archive's attribute checkpoint
+    (default: the bundled SANE model). ``config_overrides``: model-config keys to change, e.g.
+    ``{"batchSize": 8, "handler": {"max_n_masks": 500}}``.
     """
     if name not in ARCHIVES:
         raise ValueError(f"unknown archive {name!r}; choose from {', '.join(ARCHIVES)}")
     spec = ARCHIVES[name]
     hdir = handlers_dir(handlers)
-    weights = Path(model_path) if model_path is not None else default_weights_path()
-    if not weights.is_file():
-        raise FileNotFoundError(f"no model file at {weights}")
+    loaded = load_model(model_path)  # validated: a model that cannot be served fails before any build
+    if loaded.format == "factory":
+        weights = Path(loaded.weights) if loaded.weights else None
+        code = (*factory_code(loaded.source), *code)
+    else:
+        weights = Path(loaded.source)
+    for path in code:
+        if not Path(path).exists():
+            raise FileNotFoundError(f"no code to pack at {path}")
     export = Path(export_path)
     export.mkdir(parents=True, exist_ok=True)
+    if model_name is not None and not model_name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"archive name {model_name!r}: use letters, digits, '_' and '-'")
     with tempfile.TemporaryDirectory(prefix=f"sane-archive-{name}-") as tmp:
         staging = Path(tmp)
         extra = _stage_package(staging / "extra")
         for rel in spec.extra_files:
-            shutil.copy2(repo_root() / rel, extra / Path(rel).name)
+            source = Path(attribute_model) if attribute_model is not None and rel.endswith("attributes_sane.pt") \
+                else repo_root() / rel
+            shutil.copy2(source, extra / Path(rel).name)
+        loaded.spec.save(extra / MODEL_SPEC_FILE)
+        for path in map(Path, code):
+            if path.is_dir():
+                shutil.copytree(path, extra / path.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(path, extra / path.name)
         config = staging / "model-config.yaml"
         config.write_text(yaml.safe_dump(merge_config(load_model_config(name, hdir), config_overrides), sort_keys=False))
         cmd = [
             sys.executable, "-m", "model_archiver.model_packaging",
-            "--model-name", name,
+            "--model-name", model_name or name,
             "--version", version,
             "--handler", str(hdir / spec.handler),
-            "--serialized-file", str(weights.resolve()),
+            *(["--serialized-file", str(weights.resolve())] if weights is not None else []),
             "--extra-files", str(extra),
             "--config-file", str(config),
             "--export-path", str(export.resolve()),
@@ -138,4 +187,4 @@ def build_archive(
         proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed for {name}:\n{proc.stdout}{proc.stderr}")
-    return export / f"{name}.mar"
+    return export / f"{model_name or name}.mar"

@@ -34,11 +34,19 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _cmd_archive(args: argparse.Namespace) -> int:
+    from sane.model_args import load_from_args
     from sane.serving.archive import build_archive
 
     overrides = _overrides(args.set)
+    if args.name is not None and len(args.names) != 1:
+        raise ValueError("--name names one archive: build one kind (similarity, saliency or sane) at a time")
+    loaded = load_from_args(args)  # validated once, before any archive is built
+    print(f"{loaded.source} ({loaded.format}), checked; the archives declare:")
+    for line in loaded.spec.describe():
+        print(f"  {line}")
     for name in args.names:
-        path = build_archive(name, args.out, model_path=args.model, handlers=args.handlers, config_overrides=overrides)
+        path = build_archive(name, args.out, model_path=loaded, handlers=args.handlers, config_overrides=overrides,
+                             code=tuple(args.code or ()), attribute_model=args.attribute_model, model_name=args.name)
         print(f"wrote {path}")
     return 0
 
@@ -150,7 +158,10 @@ def write_response(response: dict, out: str | Path, query_path: str, reference_p
         if "npy" in part:
             saliency = decode_npy(part["npy"])
             np.save(out / f"{name}_saliency.npy", saliency)
-            save_overlay(out / f"{name}_saliency.png", open_image(source, name), saliency.astype(np.float32))
+            image = open_image(source, name)
+            if part.get("box"):  # the part of the image the model saw (a cropping preprocess)
+                image = image.crop(tuple(part["box"]))
+            save_overlay(out / f"{name}_saliency.png", image, saliency.astype(np.float32))
             written += [f"{name}_saliency.npy", f"{name}_saliency.png"]
         for key in ("png", "npy"):
             if key in summary["saliency"][name]:
@@ -175,7 +186,15 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     archive = sub.add_parser("archive", help="build TorchServe archives (model_store/*.mar) with torch-model-archiver")
     archive.add_argument("names", nargs="*", default=list(DEFAULT_ARCHIVES), metavar="NAME",
                          help=f"archives to build, of {', '.join(ARCHIVES)} (default: {' '.join(DEFAULT_ARCHIVES)})")
-    archive.add_argument("--model", default=None, help="similarity checkpoint or TorchScript file (default: bundled)")
+    from sane.model_args import add_model_options
+
+    add_model_options(archive)
+    archive.add_argument("--code", action="append", metavar="PATH",
+                         help="a file or folder the worker must import (a factory's code outside site-packages is "
+                              "packed without it; repeat for more)")
+    archive.add_argument("--attribute-model", default=None,
+                         help="the sane archive's attribute checkpoint (default: the bundled SANE model)")
+    archive.add_argument("--name", default=None, help="serve the archive under this name (default: its kind)")
     archive.add_argument("--out", default=DEFAULT_STORE, help="model store directory")
     archive.add_argument("--handlers", default=None, help="handlers directory (default: the checkout's handlers/)")
     archive.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from sane.errors import InputError
-from sane.images import load_image
-from sane.models import load_similarity
+from sane.images import open_image
+from sane.models.checkpoint import LoadedModel, load_model
 from sane.models.optimize import prepare_for_inference
+from sane.models.spec import ModelSpec
 from sane.serving.config import ServingConfig
 from sane.serving.metrics import HandlerMetrics
 from sane.serving.request import PairRequest, parse_pair_request
@@ -43,6 +44,23 @@ class PreparedPair:
     options: Any
     decode_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # further inputs an archive decodes (``prepare``)
+
+
+MODEL_SPEC_FILE = "model_spec.json"  # what `sane archive` declares about the model (sane.serving.archive)
+
+
+def load_served_model(model_dir: str, serialized: str | None, device) -> LoadedModel:
+    """The archive's similarity model as declared in its ``model_spec.json`` (a factory is rebuilt
+    from the code in the archive or the environment, its state_dict being the serialized file),
+    validated: a model that cannot be served fails the worker at start with a clear message.
+    Without a spec (a handler run outside an archive): the serialized file, else the bundled model."""
+    spec_file = os.path.join(model_dir, MODEL_SPEC_FILE)
+    if not os.path.isfile(spec_file):
+        return load_model(serialized, device)
+    spec = ModelSpec.load(spec_file)
+    if spec.factory:
+        return load_model(spec.factory, device, weights=serialized, spec=spec)
+    return load_model(serialized, device, spec=spec)
 
 
 class ServingHandler:
@@ -66,7 +84,8 @@ class ServingHandler:
         if self.config.threads:
             torch.set_num_threads(int(self.config.threads))
         self.device = self.config.resolve_device(props.get("gpu_id"))
-        self.model, self.preprocess = load_similarity(self.model_path(context), self.device)
+        loaded = load_served_model(props.get("model_dir") or "", self.model_path(context), self.device)
+        self.model, self.preprocess = loaded.model, loaded.preprocess
         # Once per worker: BN folded into the convs (+ NHWC weights), shared by every request's explainer.
         self.model = prepare_for_inference(self.model, self.config.fuse, self.config.channels_last)
         self.metrics = HandlerMetrics(context)
@@ -133,12 +152,15 @@ class ServingHandler:
 
     # -- what an archive defines -------------------------------------------------------------
     def prepare(self, pair: PairRequest, options: Any) -> PreparedPair:
-        """Decode a parsed request's images into model-ready tensors (an archive may add ``extra`` inputs)."""
-        return PreparedPair(
-            load_image(pair.query, self.preprocess, "query"),
-            load_image(pair.reference, self.preprocess, "reference"),
-            options,
-        )
+        """Decode a parsed request's images into model-ready tensors (an archive may add ``extra`` inputs;
+        ``extra["boxes"]``, with a cropping preprocess, the part of each image the model sees)."""
+        query, reference = open_image(pair.query, "query"), open_image(pair.reference, "reference")
+        item = PreparedPair(self.preprocess.to_tensor(query), self.preprocess.to_tensor(reference), options)
+        item.extra["images"] = {"query": query, "reference": reference}
+        if self.preprocess.resize == "crop":
+            item.extra["boxes"] = {name: list(self.preprocess.crop_box(*image.size))
+                                   for name, image in item.extra["images"].items()}
+        return item
 
     def parse_options(self, options: dict[str, Any]) -> Any:
         """Validate the request's options (raise :class:`RequestError` naming the field)."""

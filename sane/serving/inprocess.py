@@ -22,13 +22,14 @@ from sane.models import default_weights_path
 from sane.serving.archive import ARCHIVES, handlers_dir, load_model_config, merge_config, repo_root
 
 
-def make_context(model_name: str, model_dir: str, serialized_file: str, model_yaml: dict[str, Any]):
+def make_context(model_name: str, model_dir: str, serialized_file: str | None, model_yaml: dict[str, Any]):
     """A ``ts.context.Context`` as a TorchServe worker builds it (manifest, model-config, metrics cache)."""
     import ts
     from ts.context import Context
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
-    manifest = {"model": {"modelName": model_name, "serializedFile": serialized_file, "handler": f"{model_name}_handler.py"}}
+    manifest = {"model": {"modelName": model_name, "handler": f"{model_name}_handler.py",
+                          **({"serializedFile": serialized_file} if serialized_file else {})}}
     metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
     metrics.initialize_cache()
     metrics.model_name = model_name
@@ -65,6 +66,25 @@ def load_handler(
         os.symlink((repo_root() / rel).resolve(), Path(model_dir) / Path(rel).name)
     context = make_context(archive, model_dir, weights.name, model_yaml)
     handler = _handler_class(hdir / spec.handler)()
+    handler.initialize(context)
+    return handler, context
+
+
+def load_archive(mar: str | os.PathLike):
+    """``(handler, context)`` of a built ``.mar`` as a worker starts it: unpacked into a temporary
+    model directory that goes first on ``sys.path`` (as TorchServe does, so a factory's packed code
+    imports), its MANIFEST and model-config read, its handler file's class initialised."""
+    import sys
+    import zipfile
+
+    model_dir = tempfile.mkdtemp(prefix=f"sane-inprocess-{Path(mar).stem}-")
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(model_dir)
+    manifest = json.loads((Path(model_dir) / "MAR-INF" / "MANIFEST.json").read_text())["model"]
+    model_yaml = yaml.safe_load((Path(model_dir) / manifest.get("configFile", "model-config.yaml")).read_text()) or {}
+    sys.path.insert(0, model_dir)
+    context = make_context(manifest["modelName"], model_dir, manifest.get("serializedFile"), model_yaml)
+    handler = _handler_class(Path(model_dir) / manifest["handler"])()
     handler.initialize(context)
     return handler, context
 

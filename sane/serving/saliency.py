@@ -72,9 +72,14 @@ class SaliencyHandler(ServingHandler):
 
     def encode(self, result: SaliencyResult, item: PreparedPair) -> dict[str, Any]:
         options: SaliencyOptions = item.options
+        # With a cropping preprocess, each map covers the box (left, top, right, bottom) of its image.
+        boxes = item.extra.get("boxes", {})
         saliency = {"query": encode_map(result.query_map, options.outputs)}
         if result.reference_map is not None:
             saliency["reference"] = encode_map(result.reference_map, options.outputs)
+        for name, part in saliency.items():
+            if name in boxes:
+                part["box"] = boxes[name]
         return {
             "similarity": float(result.similarity),
             "method": result.method,

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sane.explain.ranker import AttributeExplanation, AttributeRanker, load_prior
-from sane.images import open_image
 from sane.models.attributes import DEFAULT_ATTRIBUTE_MODEL, load_attributes
 from sane.saliency import SaliencyResult
 from sane.serving.handler import PreparedPair
@@ -112,13 +111,9 @@ class SaneHandler(SaliencyHandler):
         return SaneOptions(**{f: getattr(base, f) for f in SaliencyOptions.__dataclass_fields__}, top_k=top_k)
 
     def prepare(self, pair: PairRequest, options: SaneOptions) -> PreparedPair:
-        """Decode the query once; it is preprocessed for the similarity and the attribute model alike."""
-        query = open_image(pair.query, "query")
-        item = PreparedPair(
-            self.preprocess.to_tensor(query),
-            self.preprocess.to_tensor(open_image(pair.reference, "reference")),
-            options,
-        )
+        """Decode the query once; the attribute model sees the part of it the similarity model sees."""
+        item = super().prepare(pair, options)
+        query = self.preprocess.visible(item.extra["images"]["query"])
         item.extra["attribute_query"] = (
             item.query if self.attribute_preprocess == self.preprocess else self.attribute_preprocess.to_tensor(query)
         )

@@ -304,14 +304,16 @@ def temporary_server(
     archive_overrides: dict[str, Any] | None = None,
     config_overrides: dict[str, object] | None = None,
     timeout: float = 300.0,
+    build: bool = True,
 ) -> Iterator[ServerInfo]:
-    """Build ``models`` into ``root/model_store``, start TorchServe from ``root/serve`` with ``base_config``
-    on fresh loopback ports, yield its :class:`ServerInfo` and always stop it (tests, benchmark)."""
+    """Build ``models`` into ``root/model_store`` (unless ``build`` is False: they are there already),
+    start TorchServe from ``root/serve`` with ``base_config`` on fresh loopback ports, yield its
+    :class:`ServerInfo` and always stop it (tests, benchmark)."""
     from sane.serving.archive import build_archive
 
     root = Path(root)
     store = root / "model_store"
-    for name in models:
+    for name in models if build else ():
         build_archive(name, store, config_overrides=archive_overrides)
     config = render_properties(base_config, root / "config.properties", {**loopback_overrides(), **(config_overrides or {})})
     workdir = root / "serve"

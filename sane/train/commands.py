@@ -215,7 +215,13 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     from sane.train.pipeline import PipelineOptions, run_pipeline
 
-    options = PipelineOptions(**{f.name: getattr(args, f.name) for f in fields(PipelineOptions)})
+    from sane.model_args import declarations, factory_kwargs
+
+    own = {"similarity_model": args.similarity, "similarity_weights": args.weights,
+           "similarity_declarations": {**declarations(args), **({"factory_kwargs": factory_kwargs(args)}
+                                                                if args.model_kwargs else {})}}
+    options = PipelineOptions(**{f.name: getattr(args, f.name) for f in fields(PipelineOptions) if f.name not in own},
+                              **own)
     result = run_pipeline(args.data, args.out, options, progress=not args.quiet, command=command_line())
     ran = [name for name, status in result["steps"].items() if status == "ran"]
     print(f"pipeline finished in {result['out']}: ran {', '.join(ran) or 'nothing (all steps were done)'}")
@@ -349,7 +355,8 @@ def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
                     "estimate-prior, eval-attributes and eval-explanations on --data (AwA2 or Polyvore Outfits "
                     "layout), every artifact under --out. A rerun skips finished steps and resumes an interrupted one.",
     )
-    pipe.add_argument("--data", required=True, help=DATA_HELP)
+    pipe.add_argument("--data", required=True, help=DATA_HELP + ", a labels.csv, or a folder per class")
+    add_model_options(pipe, "--similarity", "trained by the pipeline's first step; give yours to explain it instead")
     pipe.add_argument("--out", required=True, help="folder for every artifact and pipeline.json (a rerun resumes it)")
     group = pipe.add_argument_group("similarity model")
     group.add_argument("--arch", default="compact", choices=["compact", "resnet18", "resnet50"])

@@ -71,6 +71,11 @@ class PipelineOptions:
     seed: int = 0
     batch_size: int = 250  # forward batches of RISE and the evaluations (does not change results)
     device: str = "cpu"
+    # The user's own similarity model (any format load_model takes) instead of training one: its
+    # weights file for a factory, and its declarations (load_model's keywords: input_size, mean, ...).
+    similarity_model: str | None = None
+    similarity_weights: str | None = None
+    similarity_declarations: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +151,24 @@ def run_pipeline(
         "eval_explanations": out / "eval_explanations.json",
     }
     results: dict[str, Any] = {}
+    loaded: list = []
+
+    def similarity():
+        """The similarity model the later steps use: the trained similarity.pt, or the user's own
+        (loaded and validated once)."""
+        if opts.similarity_model is None:
+            return paths["similarity"]
+        if not loaded:
+            from sane.models.checkpoint import load_model
+
+            loaded.append(load_model(opts.similarity_model, opts.device, weights=opts.similarity_weights,
+                                     **opts.similarity_declarations))
+        return loaded[0]
+
+    def own_similarity_step() -> str:
+        model = similarity()
+        return (f"using {model.source} ({model.format}, {model.preprocess.size} px, {model.spec.embedding.similarity}"
+                f", {model.checks['dim']}-d)")
 
     def train_similarity_step() -> str:
         from sane.train.similarity import train_similarity
@@ -159,7 +182,7 @@ def run_pipeline(
         from sane.models import load_similarity
         from sane.train.saliency_cache import SaliencyCache, build_saliency_cache
 
-        model, preprocess = load_similarity(paths["similarity"], opts.device)
+        model, preprocess = load_similarity(similarity(), opts.device)
         build_saliency_cache(data, paths["cache"], model, preprocess, n_masks=opts.n_masks, refs=opts.refs,
                              size=opts.map_size, limit=opts.cache_limit, val_fraction=opts.val_fraction, seed=opts.seed,
                              batch_size=opts.batch_size, device=opts.device, progress=progress)
@@ -192,7 +215,7 @@ def run_pipeline(
         from sane.evaluation.prior import estimate_prior
         from sane.explain.ranker import save_prior
 
-        prior, measure = estimate_prior(data, paths["similarity"], by=opts.prior_by, sane=paths["sane"],
+        prior, measure = estimate_prior(data, similarity(), by=opts.prior_by, sane=paths["sane"],
                                         classifier=paths["classifier"], n_pairs=opts.prior_pairs, k=opts.k,
                                         val_fraction=opts.val_fraction, seed=opts.seed, batch_size=opts.batch_size,
                                         device=opts.device, progress=progress)
@@ -206,7 +229,7 @@ def run_pipeline(
         from sane.explain.tuning import format_selection, tune_ranker
 
         selections, utility = tune_ranker(
-            paths["similarity"], {kind: paths[kind] for kind in ("sane", "classifier")}, data,
+            similarity(), {kind: paths[kind] for kind in ("sane", "classifier")}, data,
             load_prior(paths["prior"]), device=opts.device, n_pairs=opts.tune_pairs, n_masks=opts.eval_n_masks,
             k=opts.k, draws=opts.draws, val_fraction=opts.val_fraction, seed=opts.seed, batch_size=opts.batch_size,
             progress=progress)
@@ -238,7 +261,7 @@ def run_pipeline(
         from sane.models import load_similarity
         from sane.models.attributes import load_attributes
 
-        similarity, preprocess = load_similarity(paths["similarity"], opts.device)
+        similarity, preprocess = load_similarity(similarity(), opts.device)
         models = {kind: load_attributes(paths[kind], opts.device) for kind in ("sane", "classifier")}
         report = evaluate_explanations(similarity, preprocess, models, data, split=opts.eval_split,
                                        n_pairs=opts.eval_pairs, n_masks=opts.eval_n_masks, k=opts.k, draws=opts.draws,
@@ -250,9 +273,13 @@ def run_pipeline(
 
     training = ["attribute_arch", "image_size", "attribute_epochs", "patience", "attribute_batch_size", "limit",
                 "val_fraction", "seed"]
+    first = Step("train-similarity", ["similarity.pt"],
+                 ["arch", "dim", "image_size", "epochs", "classes_per_batch", "per_class", "seed"], train_similarity_step)
+    if opts.similarity_model is not None:
+        first = Step("own-similarity", [], ["similarity_model", "similarity_weights", "similarity_declarations"],
+                     own_similarity_step)
     steps = [
-        Step("train-similarity", ["similarity.pt"],
-             ["arch", "dim", "image_size", "epochs", "classes_per_batch", "per_class", "seed"], train_similarity_step),
+        first,
         Step("cache-saliency", ["saliency_cache"], ["n_masks", "refs", "map_size", "cache_limit", "val_fraction", "seed"],
              cache_step),
         Step("train-sane", ["attributes_sane.pt"], [*training, "lam"], attribute_step("sane")),
