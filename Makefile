@@ -29,7 +29,7 @@ stop:
 	$(BIN)/sane serve --stop
 
 test: install
-	$(BIN)/ruff check sane tests bench experiments
+	$(BIN)/ruff check sane tests bench experiments examples handlers clients
 	$(BIN)/pytest -q
 
 clean:

@@ -24,14 +24,15 @@ from sane.data.formats import detect_format
 from sane.errors import InputError
 from sane.images import Preprocess
 from sane.models import Embedder, load_similarity
-from sane.models.checkpoint import load_model
+from sane.models.checkpoint import DeclaredEmbedding, load_model
 from sane.models.spec import PRESETS, EmbeddingSpec, ModelSpec, sidecar_path
 from sane.models.validation import ModelValidationError
 from sane.saliency import RISE, SlidingWindow
 from sane.saliency.masks import RiseMaskStream, rise_masks
-from sane.serving.archive import build_archive
 from sane.serving.encoding import decode_npy
+from sane.serving.http_client import HttpClient
 from sane.serving.inprocess import load_archive, payload, run_batch
+from sane.serving.server import temporary_server
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "own_model"
@@ -263,7 +264,7 @@ def test_a_declared_dict_output_and_the_other_similarities_are_used(tmp_path):
 def test_a_distance_in_both_mode_averages_over_every_masked_reference(image64):
     """mean_j s(q_i, r_j) is not s(q_i, mean r_j) for a distance: the engine must score every r_j."""
     net = RegionModel((8, 40, 8, 40))
-    model = load_model.__globals__["DeclaredEmbedding"](net, EmbeddingSpec(similarity="euclidean")).eval()
+    model = DeclaredEmbedding(net, EmbeddingSpec(similarity="euclidean")).eval()
     reference = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(3))
     explainer = RISE(model, n_masks=40, n_reference_masks=6, batch_size=16, seed=2)
     result = explainer.explain(image64, reference, mode="both")
@@ -363,7 +364,8 @@ def test_the_pipeline_trains_sane_for_the_users_own_model_on_a_csv_layout(tmp_pa
     printed = capsys.readouterr().out
     assert "own-similarity done" in printed and f"using {region_pt2}" in printed and "train-similarity" not in printed
     assert not (out / "similarity.pt").exists() and (out / "attributes_sane.pt").is_file()
-    assert json.loads((out / "eval_explanations.json").read_text())["pairs"] == 4
+    report = json.loads((out / "eval_explanations.json").read_text())
+    assert report["n_pairs"] == 4 and set(report["methods"]) >= {"SANE", "Attribute Classifier"}
 
 
 @pytest.mark.slow
@@ -374,3 +376,35 @@ def test_the_full_vit_b16_is_explained_in_process(one_thread):
     result = RISE(loaded.model, n_masks=6, batch_size=6).explain(image, image)
     assert result.query_map.shape == (224, 224) and torch.isfinite(result.query_map).all()
     assert float(result.query_map.std()) > 0
+
+
+@pytest.mark.slow
+def test_a_real_torchserve_serves_the_users_models_with_the_in_process_maps(tmp_path, region_pt2, models, monkeypatch):
+    """The .pt2 region model (96 px, own constants) and the ViT factory (its code packed in the archive)
+    served by TorchServe over HTTP give the maps the unpacked archives give in-process."""
+    monkeypatch.syspath_prepend(str(RECIPE))
+    store = tmp_path / "model_store"
+    assert main(["archive", "saliency", "--model", str(region_pt2), "--input-size", "96", "--mean", MEAN, "--std",
+                 STD, "--name", "region", "--out", str(store), "--set", "handler.batch_size=64"]) == 0
+    vit = models["vit"]
+    assert main(["archive", "saliency", *_cli_model(vit, "factory"), *DECLARE, "--name", "vit", "--out", str(store),
+                 "--set", "handler.batch_size=16"]) == 0
+    q, r = _images()
+    options = {"n_masks": 48, "seed": 3}
+    expected = {}
+    for name in ("region", "vit"):
+        handler, context = load_archive(store / f"{name}.mar")
+        [(status, body)] = run_batch(handler, context, [payload("json", q, r, options)])
+        assert status == 200, body
+        expected[name] = body
+    monkeypatch.delitem(sys.modules, "vit_b16")  # the worker imports the archive's own copy, not this one
+    with temporary_server(tmp_path, ["region", "vit"], ROOT / "config.test.properties", build=False) as info:
+        http = HttpClient(info.inference_url, timeout=120)
+        for name in ("region", "vit"):
+            status, served = http.request(name, q, r, options)
+            assert status == 200, served
+            assert served["similarity"] == pytest.approx(expected[name]["similarity"], abs=1e-5)
+            np.testing.assert_allclose(decode_npy(served["saliency"]["query"]["npy"]).astype(np.float32),
+                                       decode_npy(expected[name]["saliency"]["query"]["npy"]).astype(np.float32),
+                                       rtol=1e-3, atol=5e-4)
+    assert decode_npy(expected["region"]["saliency"]["query"]["npy"]).shape == (96, 96)

@@ -30,7 +30,6 @@ from sane.models.checkpoint import LoadedModel, load_model
 from sane.serving.handler import MODEL_SPEC_FILE
 
 
-
 @dataclass(frozen=True)
 class ArchiveSpec:
     """What one archive is made of; paths are relative to the handlers directory.

@@ -213,9 +213,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     """Every step from a data directory to the evaluation reports, resumable, under --out."""
     from dataclasses import fields
 
-    from sane.train.pipeline import PipelineOptions, run_pipeline
-
     from sane.model_args import declarations, factory_kwargs
+    from sane.train.pipeline import PipelineOptions, run_pipeline
 
     own = {"similarity_model": args.similarity, "similarity_weights": args.weights,
            "similarity_declarations": {**declarations(args), **({"factory_kwargs": factory_kwargs(args)}

@@ -153,7 +153,7 @@ def run_pipeline(
     results: dict[str, Any] = {}
     loaded: list = []
 
-    def similarity():
+    def similarity_source():
         """The similarity model the later steps use: the trained similarity.pt, or the user's own
         (loaded and validated once)."""
         if opts.similarity_model is None:
@@ -166,7 +166,7 @@ def run_pipeline(
         return loaded[0]
 
     def own_similarity_step() -> str:
-        model = similarity()
+        model = similarity_source()
         return (f"using {model.source} ({model.format}, {model.preprocess.size} px, {model.spec.embedding.similarity}"
                 f", {model.checks['dim']}-d)")
 
@@ -182,7 +182,7 @@ def run_pipeline(
         from sane.models import load_similarity
         from sane.train.saliency_cache import SaliencyCache, build_saliency_cache
 
-        model, preprocess = load_similarity(similarity(), opts.device)
+        model, preprocess = load_similarity(similarity_source(), opts.device)
         build_saliency_cache(data, paths["cache"], model, preprocess, n_masks=opts.n_masks, refs=opts.refs,
                              size=opts.map_size, limit=opts.cache_limit, val_fraction=opts.val_fraction, seed=opts.seed,
                              batch_size=opts.batch_size, device=opts.device, progress=progress)
@@ -215,7 +215,7 @@ def run_pipeline(
         from sane.evaluation.prior import estimate_prior
         from sane.explain.ranker import save_prior
 
-        prior, measure = estimate_prior(data, similarity(), by=opts.prior_by, sane=paths["sane"],
+        prior, measure = estimate_prior(data, similarity_source(), by=opts.prior_by, sane=paths["sane"],
                                         classifier=paths["classifier"], n_pairs=opts.prior_pairs, k=opts.k,
                                         val_fraction=opts.val_fraction, seed=opts.seed, batch_size=opts.batch_size,
                                         device=opts.device, progress=progress)
@@ -229,7 +229,7 @@ def run_pipeline(
         from sane.explain.tuning import format_selection, tune_ranker
 
         selections, utility = tune_ranker(
-            similarity(), {kind: paths[kind] for kind in ("sane", "classifier")}, data,
+            similarity_source(), {kind: paths[kind] for kind in ("sane", "classifier")}, data,
             load_prior(paths["prior"]), device=opts.device, n_pairs=opts.tune_pairs, n_masks=opts.eval_n_masks,
             k=opts.k, draws=opts.draws, val_fraction=opts.val_fraction, seed=opts.seed, batch_size=opts.batch_size,
             progress=progress)
@@ -261,7 +261,7 @@ def run_pipeline(
         from sane.models import load_similarity
         from sane.models.attributes import load_attributes
 
-        similarity, preprocess = load_similarity(similarity(), opts.device)
+        similarity, preprocess = load_similarity(similarity_source(), opts.device)
         models = {kind: load_attributes(paths[kind], opts.device) for kind in ("sane", "classifier")}
         report = evaluate_explanations(similarity, preprocess, models, data, split=opts.eval_split,
                                        n_pairs=opts.eval_pairs, n_masks=opts.eval_n_masks, k=opts.k, draws=opts.draws,
