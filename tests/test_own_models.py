@@ -224,7 +224,6 @@ def _bn_net():
     ("dict", "output", r"dict with keys \['image_embeds', 'pooled'\].*--output image_embeds"),
     ("train_bn", "batch_dependent", r"mixes the images of a batch.*eval mode"),
     ("dropout", "deterministic", r"not deterministic.*dropout"),
-    ("static_batch", "batch_size", r"fixed batch size of 2.*dynamic_shapes"),
     ("constant", "constant", r"same embedding for different images"),
 ])
 def test_each_validation_failure_names_what_is_wrong(tmp_path, case, check, message):
@@ -239,13 +238,21 @@ def test_each_validation_failure_names_what_is_wrong(tmp_path, case, check, mess
     elif case == "dropout":
         path = tmp_path / "m.pt"
         torch.jit.trace(nn.Sequential(nn.Flatten(), nn.Dropout(0.5)).train(), x, check_trace=False).save(str(path))
-    elif case == "static_batch":
-        path = _export(_bn_net().eval(), tmp_path / "m.pt2", 32, dynamic=False)
     else:
         path = _export(Constant(), tmp_path / "m.pt2", 32)
     with pytest.raises(ModelValidationError, match=message) as info:
         load_model(path, input_size=32)
     assert info.value.check == check and info.value.field == "model"
+
+
+def test_a_program_exported_with_a_fixed_batch_runs_in_chunks_with_a_warning(tmp_path):
+    net = _bn_net().eval()
+    path = _export(net, tmp_path / "static.pt2", 32, dynamic=False)  # batch of exactly 2
+    with pytest.warns(UserWarning, match="fixed batch size of 2.*dynamic_shapes.*2 image"):
+        loaded = load_model(path, input_size=32)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model(x), net(x), rtol=1e-5, atol=1e-6)
 
 
 def test_a_declared_dict_output_and_the_other_similarities_are_used(tmp_path):

@@ -97,6 +97,32 @@ class DeclaredEmbedding(nn.Module):
         return self
 
 
+class FixedBatch(nn.Module):
+    """Runs a network that only takes batches of exactly ``size`` (a torch.export program exported
+    without a dynamic batch dimension) on any batch: chunks of ``size``, the last one padded with
+    copies of its final image whose outputs are dropped."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net = net
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor):
+        outs = []
+        for start in range(0, len(x), self.size):
+            chunk = x[start : start + self.size]
+            short = self.size - len(chunk)
+            if short:
+                chunk = torch.cat([chunk, chunk[-1:].expand(short, *chunk.shape[1:])])
+            out = self.net(chunk)
+            outs.append(out[: len(out) - short] if short else out)
+        return torch.cat(outs)
+
+    def train(self, mode: bool = True) -> FixedBatch:
+        self.training = mode
+        return self
+
+
 @dataclass
 class LoadedModel:
     """A loaded similarity model: the module (eval mode, on its device), what is declared about it,
@@ -189,9 +215,18 @@ def load_model(
     model = model.to(device).eval()
     loaded = LoadedModel(model, final, fmt, source, os.fspath(weights) if weights is not None else None)
     if validate:
-        from sane.models.validation import validate_model
+        from sane.models.validation import ModelValidationError, validate_model
 
-        loaded.checks = validate_model(loaded, raw=net)
+        try:
+            loaded.checks = validate_model(loaded, raw=net)
+        except ModelValidationError as exc:
+            if exc.fixed_batch is None or final.embedding.output is not None:
+                raise
+            warnings.warn(f"{exc} -- until then it runs {exc.fixed_batch} image(s) per forward pass (slower)",
+                          stacklevel=2)
+            net = FixedBatch(net, exc.fixed_batch)
+            loaded.model = DeclaredEmbedding(net, final.embedding).to(device).eval()
+            loaded.checks = validate_model(loaded, raw=net)
     return loaded
 
 

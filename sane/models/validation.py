@@ -30,11 +30,13 @@ TOLERANCE = 1e-3  # relative change of an embedding that counts as "not the same
 
 
 class ModelValidationError(InputError):
-    """A model that cannot be explained as declared; the message says which check failed and what to do."""
+    """A model that cannot be explained as declared; the message says which check failed and what to do.
+    ``fixed_batch``: for a torch.export program exported with a fixed batch size, that size."""
 
-    def __init__(self, message: str, check: str):
+    def __init__(self, message: str, check: str, fixed_batch: int | None = None):
         super().__init__(message, "model")
         self.check = check
+        self.fixed_batch = fixed_batch
 
 
 FORMAT_NAMES = {"checkpoint": "sane checkpoint", "torchscript": "TorchScript model", "export": "torch.export program",
@@ -80,7 +82,7 @@ def _static_batch(name: str, exc: BaseException) -> None:
         raise ModelValidationError(
             f"{name} was exported with a fixed batch size of {static.group(1)} and cannot embed batches: export "
             "it with a dynamic batch dimension, e.g. torch.export.export(model, (x,), "
-            "dynamic_shapes=({0: torch.export.Dim('batch')},))", "batch_size") from exc
+            "dynamic_shapes=({0: torch.export.Dim('batch')},))", "batch_size", int(static.group(1))) from exc
 
 
 def validate_model(loaded: LoadedModel, raw: nn.Module | None = None, seed: int = 0) -> dict[str, object]:
