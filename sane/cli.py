@@ -102,7 +102,7 @@ def _cmd_model_inspect(args: argparse.Namespace) -> int:
     print(f"{loaded.source}: {loaded.format}" + (f", weights {loaded.weights}" if loaded.weights else ""))
     for line in loaded.spec.describe():
         print(f"  {line}")
-    print(f"  checked        one forward pass of random images at {loaded.preprocess.size} px: "
+    print(f"  checked        forward passes of three random images at {loaded.preprocess.size} px: "
           f"{loaded.checks['dim']}-d embeddings, batch-independent, deterministic")
     if args.save:
         anchor = loaded.weights if loaded.format == "factory" else loaded.source

@@ -17,8 +17,10 @@ from sane.errors import InputError
 from sane.images import INTERPOLATIONS, RESIZE_POLICIES
 from sane.models.spec import PRESETS, SIMILARITIES
 
-DECLARATIONS = ("preset", "input_size", "mean", "std", "resize", "resize_size", "interpolation", "output",
-                "similarity", "normalize")
+# load_model's declaration keywords -> the argparse dest of their flag.
+DECLARATIONS = {"preset": "preset", "input_size": "input_size", "mean": "mean", "std": "std", "resize": "resize",
+                "resize_size": "resize_size", "interpolation": "interpolation", "output": "output",
+                "similarity": "similarity_fn", "normalize": "normalize"}
 
 
 def add_model_options(parser: argparse.ArgumentParser, flag: str = "--model", default_help: str = "bundled") -> None:
@@ -55,8 +57,7 @@ def add_declaration_options(parser: argparse.ArgumentParser) -> None:
 
 def declarations(args: argparse.Namespace) -> dict[str, Any]:
     """The declaration keywords of :func:`sane.models.load_model` given on the command line."""
-    found = {name: getattr(args, name, None) for name in DECLARATIONS if name != "similarity"}
-    found["similarity"] = getattr(args, "similarity_fn", None)
+    found = {keyword: getattr(args, dest, None) for keyword, dest in DECLARATIONS.items()}
     return {k: v for k, v in found.items() if v is not None}
 
 

@@ -30,7 +30,8 @@ def counterfactual_deltas(
     """Δ_cf per factor for query ``scene`` against the prepared ``reference`` image (3, H, W).
 
     ``embedder`` maps a (B, 3, H, W) batch to embeddings (an :class:`~sane.models.embedder.Embedder`,
-    whose declared similarity scores them; a plain callable's are compared by cosine); ``draws`` random positions are averaged for ``"position"``.
+    whose declared similarity scores them; a plain callable's are compared by cosine); ``draws``
+    random positions are averaged for ``"position"``.
     """
     variants = {f: counterfactual_variants(scene, f, draws, rng) for f in FACTORS}
     scenes = [scene] + [v for f in FACTORS for v in variants[f]]

@@ -5,7 +5,7 @@ model in every format PyTorch users ship — TorchScript (``.pt``), ``torch.expo
 Every loader returns the model in eval mode with its :class:`~sane.images.Preprocess`; what is
 declared about the model (:class:`~sane.models.spec.ModelSpec`) comes from our checkpoint, the
 ``<model>.sane.json`` file beside a user's model, or the caller's declarations on top, and the
-model is checked with one forward pass at the declared size (:mod:`sane.models.validation`).
+model is checked with a few forward passes at the declared size (:mod:`sane.models.validation`).
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from torch import nn
 from sane.errors import InputError
 from sane.images import Preprocess
 from sane.models.backbones import build_embedding
-from sane.models.spec import EmbeddingSpec, ModelSpec, declare, sidecar_path
+from sane.models.spec import COSINE, EmbeddingSpec, ModelSpec, declare, sidecar_path
 
 DEFAULT_SIMILARITY = "similarity_compact.pt"
 # The synthetic benchmarks with bundled models: "shapes" (classes by shape x colour, the default
 # everywhere) and "shapes_bg" (classes by shape x background: the attribute benchmark where the
 # factors that explain a match lie in different places), each its folder under weights/.
 BENCHMARKS = ("shapes", "shapes_bg")
-FORMATS = ("checkpoint", "torchscript", "export", "factory")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -180,8 +179,8 @@ def load_model(
     the bundled default. ``spec`` replaces what is stored with the model; ``declarations`` (the
     keywords of :func:`~sane.models.spec.declare`: ``preset``, ``input_size``, ``mean``, ``std``,
     ``resize``, ``interpolation``, ``resize_size``, ``output``, ``similarity``, ``normalize``) go on
-    top. ``validate`` runs :func:`~sane.models.validation.validate_model` (one forward pass of a few
-    images at the declared size) and raises its clear error instead of a shape traceback later.
+    top. ``validate`` runs :func:`~sane.models.validation.validate_model` (a few forward passes of three
+    random images at the declared size) and raises its clear error instead of a shape traceback later.
     A :class:`LoadedModel` is passed through (moved to ``device``), so commands that load a declared
     model once can hand it to library functions that take a model path.
     """
@@ -205,13 +204,14 @@ def load_model(
             raise InputError(f"--weights and --model-kwargs go with a factory (package.module:callable), not with the file {path}",
                              "weights")
         fmt, net, stored = _load_file(path)
-        final = declare(spec or stored or _stored_spec(path) or ModelSpec(), **declarations)
-        if fmt != "checkpoint" and spec is None and not declarations and _stored_spec(path) is None:
+        beside = _stored_spec(path)
+        final = declare(spec or stored or beside or ModelSpec(), **declarations)
+        if fmt != "checkpoint" and spec is None and not declarations and beside is None:
             warnings.warn(f"nothing is declared about {path.name}: assuming {final.preprocess.size} px, ImageNet "
                           "mean/std and cosine similarity. Declare what it was trained with (--input-size, --mean, "
                           f"--std or --preprocess), or store it beside the model in {sidecar_path(path).name} "
                           "(`sane model inspect MODEL ... --save`)", stacklevel=2)
-    model = net if (fmt == "checkpoint" and final.embedding == EmbeddingSpec()) else DeclaredEmbedding(net, final.embedding)
+    model = net if (fmt == "checkpoint" and final.embedding == COSINE) else DeclaredEmbedding(net, final.embedding)
     model = model.to(device).eval()
     loaded = LoadedModel(model, final, fmt, source, os.fspath(weights) if weights is not None else None)
     if validate:
@@ -276,15 +276,13 @@ def _load_file(path: Path) -> tuple[str, nn.Module, ModelSpec | None]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if kind != "pickle" or "Weights only load failed" not in str(exc):
-            raise ValueError(f"{path} is neither a sane checkpoint nor a TorchScript model nor a torch.export "
-                             f"program (.pt2): {str(exc).splitlines()[0][:200]}") from exc
+            raise ValueError(_not_a_model(path, exc)) from exc
         raise ValueError(
             f"{path} is a pickled Python object (torch.save(model)), which is not loaded for safety: save the "
             "model as TorchScript (torch.jit.save) or torch.export (.pt2), or give its factory with "
             "--model package.module:callable --weights FILE (a state_dict)") from exc
     except (RuntimeError, EOFError, ValueError) as exc:
-        raise ValueError(f"{path} is neither a sane checkpoint nor a TorchScript model nor a torch.export "
-                         f"program (.pt2): {str(exc).splitlines()[0][:200]}") from exc
+        raise ValueError(_not_a_model(path, exc)) from exc
     if isinstance(ckpt, dict) and "state_dict" in ckpt and "arch" in ckpt:
         model = build_embedding(ckpt["arch"], ckpt["dim"])
         model.load_state_dict(ckpt["state_dict"])
@@ -293,7 +291,12 @@ def _load_file(path: Path) -> tuple[str, nn.Module, ModelSpec | None]:
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         raise ValueError(f"{path} holds a state_dict (weights without the network): give the code that builds the "
                          f"network as --model package.module:callable with --weights {path}")
-    raise ValueError(f"{path} is neither a sane checkpoint nor a TorchScript model nor a torch.export program (.pt2)")
+    raise ValueError(_not_a_model(path))
+
+
+def _not_a_model(path: Path, exc: BaseException | None = None) -> str:
+    reason = f": {str(exc).splitlines()[0][:200]}" if exc is not None and str(exc) else ""
+    return f"{path} is neither a sane checkpoint nor a TorchScript model nor a torch.export program (.pt2){reason}"
 
 
 def import_factory(name: str):

@@ -90,9 +90,8 @@ class EmbeddingSpec:
                                  f"(--output KEY, e.g. --output {keys[0]})", "output")
             if self.output not in out:
                 raise InputError(f"output {self.output!r} is not among the model's outputs {keys}", "output")
-            return self.select(out[self.output]) if not isinstance(out[self.output], torch.Tensor) \
-                else out[self.output]
-        if isinstance(out, (tuple, list)) or hasattr(out, "_fields"):
+            return out[self.output]
+        if isinstance(out, (tuple, list)):
             if self.output is None:
                 kinds = ", ".join(f"{i}: {_describe(o)}" for i, o in enumerate(out))
                 raise InputError(f"the model returns {len(out)} outputs ({kinds}): declare which is the embedding "
@@ -117,11 +116,9 @@ class EmbeddingSpec:
     def against(self, a, b):
         """Similarities of each row of ``a`` (..., D) to the one embedding ``b`` (D,); tensors or numpy
         arrays (a linear similarity is the same ``a @ b`` as ever, to the bit)."""
-        if self.similarity == "euclidean":
-            if isinstance(a, np.ndarray):
-                return -np.linalg.norm(a - b, axis=-1)
-            return -torch.linalg.vector_norm(a - b, dim=-1)
-        return a @ b
+        if self.similarity == "euclidean" and isinstance(a, np.ndarray):
+            return -np.linalg.norm(a - b, axis=-1)
+        return self.score(a, b) if self.similarity == "euclidean" else a @ b
 
     def matrix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(n, m) similarities of (n, D) ``a`` and (m, D) ``b``."""
@@ -129,13 +126,20 @@ class EmbeddingSpec:
             return -torch.cdist(a[None], b[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
         return a @ b.T
 
+    def targets(self, references: torch.Tensor) -> torch.Tensor:
+        """What :meth:`mean_scores` takes for (B, T, D) ``references``: for a linear similarity their
+        mean (B, D), since mean_j s(e, r_j) = s(e, mean_j r_j); for a distance all of them."""
+        return references.mean(1) if self.linear else references
+
     def mean_scores(self, e: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(c, B): for each b, the mean over its targets of s(e[b, i], target): ``e`` (B, c, D),
-        ``targets`` (B, D) or (B, T, D). A linear similarity scores against the mean target once."""
+        ``targets`` (B, D) (one each) or (B, T, D) (a distance's T targets, :meth:`targets`)."""
         if targets.dim() == 2:
+            if self.linear:
+                return torch.einsum("bcd,bd->cb", e, targets)
             targets = targets[:, None]
-        if self.linear:
-            return torch.einsum("bcd,bd->cb", e, targets.mean(1))
+        elif self.linear:
+            raise ValueError("a linear similarity takes (B, D) targets: reduce them with EmbeddingSpec.targets")
         dist = torch.cdist(e, targets, compute_mode="donot_use_mm_for_euclid_dist")  # (B, c, T)
         return -dist.mean(-1).T
 

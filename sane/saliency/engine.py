@@ -135,8 +135,8 @@ class PerturbationExplainer:
         """Embed each of U ``images`` (U, 3, H, W) under every mask (N, H, W): one stream, every forward
         batch holding ``batch_size // U`` masks applied to all U images.
 
-        With ``targets`` (B, D) or (B, T, D) and ``owner`` (B,) — map b explains image ``owner[b]``
-        against ``targets[b]`` (the mean score over its T targets) — the (B, H*W) maps are accumulated
+        With ``targets`` (B, D), or (B, T, D) for a distance, and ``owner`` (B,) — map b explains image
+        ``owner[b]`` against ``targets[b]`` (the mean score over its T targets) — the (B, H*W) maps are accumulated
         on the fly; with ``keep_embeddings`` the (U, N, D) masked embeddings are returned too.
         """
         dev = self.device
@@ -216,8 +216,9 @@ class PerturbationExplainer:
             rmasks = self.reference_masks((h, w))
             _, ref_embs = self._stream(references, rmasks, condition=condition, keep_embeddings=True)  # (V, R, D)
             # mean_j s(q_i, r_j): a linear similarity scores q_i . mean_j r_j, one target per pair for all
-            # N query masks (EmbeddingSpec.mean_scores); a distance scores every r_j.
-            qmaps, _ = self._stream(queries, qmasks, q_owner, ref_embs[r_owner], condition)
+            # N query masks; a distance scores every r_j (EmbeddingSpec.targets).
+            targets = self.embedder.embedding.targets(ref_embs[r_owner])
+            qmaps, _ = self._stream(queries, qmasks, q_owner, targets, condition)
             # Reference maps score the masked references against the unmodified query. Averaging over
             # the masked queries instead favours half-masked references (s(q_i, r_j) peaks where r_j
             # is masked as much as q_i): on the tests' RegionModel it missed the region at 1000 masks.

@@ -28,13 +28,18 @@ def rise_masks(
 
     Seeded and deterministic for the same arguments and device; cached (do not modify in place).
     """
+    return _rise_masks(*_rise_key(n, grid, p, size, seed, device))
+
+
+def _rise_key(n, grid, p, size, seed, device) -> tuple:
+    """The checked, normalised arguments of a RISE bank (its cache key)."""
     if n < 1:
         raise ValueError(f"n_masks must be >= 1, got {n}")
     if grid < 1:
         raise ValueError(f"grid must be >= 1, got {grid}")
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
-    return _rise_masks(int(n), int(grid), float(p), (int(size[0]), int(size[1])), int(seed), str(device))
+    return int(n), int(grid), float(p), (int(size[0]), int(size[1])), int(seed), str(device)
 
 
 def rise_bank(
@@ -42,10 +47,10 @@ def rise_bank(
 ) -> torch.Tensor | RiseMaskStream:
     """The same masks as :func:`rise_masks`, as one cached tensor when it takes at most
     :data:`MAX_BANK_BYTES`, else as a :class:`RiseMaskStream` that makes each slice on demand."""
+    key = _rise_key(n, grid, p, size, seed, device)
     if n * size[0] * size[1] * 4 <= MAX_BANK_BYTES:
-        return rise_masks(n, grid, p, size, seed, device)
-    rise_masks(1, grid, p, size, seed, device)  # the argument checks
-    return RiseMaskStream(int(n), int(grid), float(p), (int(size[0]), int(size[1])), int(seed), str(device))
+        return _rise_masks(*key)
+    return RiseMaskStream(*key)
 
 
 class RiseMaskStream:

@@ -153,13 +153,14 @@ class ServingHandler:
     # -- what an archive defines -------------------------------------------------------------
     def prepare(self, pair: PairRequest, options: Any) -> PreparedPair:
         """Decode a parsed request's images into model-ready tensors (an archive may add ``extra`` inputs;
-        ``extra["boxes"]``, with a cropping preprocess, the part of each image the model sees)."""
+        ``extra["query_image"]``, the decoded query; ``extra["boxes"]``, with a cropping preprocess, the
+        part of each image the model sees)."""
         query, reference = open_image(pair.query, "query"), open_image(pair.reference, "reference")
         item = PreparedPair(self.preprocess.to_tensor(query), self.preprocess.to_tensor(reference), options)
-        item.extra["images"] = {"query": query, "reference": reference}
+        item.extra["query_image"] = query
         if self.preprocess.resize == "crop":
             item.extra["boxes"] = {name: list(self.preprocess.crop_box(*image.size))
-                                   for name, image in item.extra["images"].items()}
+                                   for name, image in (("query", query), ("reference", reference))}
         return item
 
     def parse_options(self, options: dict[str, Any]) -> Any:

@@ -113,7 +113,7 @@ class SaneHandler(SaliencyHandler):
     def prepare(self, pair: PairRequest, options: SaneOptions) -> PreparedPair:
         """Decode the query once; the attribute model sees the part of it the similarity model sees."""
         item = super().prepare(pair, options)
-        query = self.preprocess.visible(item.extra["images"]["query"])
+        query = self.preprocess.visible(item.extra["query_image"])
         item.extra["attribute_query"] = (
             item.query if self.attribute_preprocess == self.preprocess else self.attribute_preprocess.to_tensor(query)
         )

@@ -21,6 +21,7 @@ it, because their inputs may have changed (their stale outputs are removed first
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -151,19 +152,18 @@ def run_pipeline(
         "eval_explanations": out / "eval_explanations.json",
     }
     results: dict[str, Any] = {}
-    loaded: list = []
+
+    @functools.cache
+    def own_similarity():
+        """The user's own similarity model, loaded and validated once."""
+        from sane.models.checkpoint import load_model
+
+        return load_model(opts.similarity_model, opts.device, weights=opts.similarity_weights,
+                          **opts.similarity_declarations)
 
     def similarity_source():
-        """The similarity model the later steps use: the trained similarity.pt, or the user's own
-        (loaded and validated once)."""
-        if opts.similarity_model is None:
-            return paths["similarity"]
-        if not loaded:
-            from sane.models.checkpoint import load_model
-
-            loaded.append(load_model(opts.similarity_model, opts.device, weights=opts.similarity_weights,
-                                     **opts.similarity_declarations))
-        return loaded[0]
+        """The similarity model the later steps use: the trained similarity.pt, or the user's own."""
+        return paths["similarity"] if opts.similarity_model is None else own_similarity()
 
     def own_similarity_step() -> str:
         model = similarity_source()
