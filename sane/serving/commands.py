@@ -180,8 +180,9 @@ def write_response(response: dict, out: str | Path, query_path: str, reference_p
 
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``archive``, ``serve`` and ``request`` on the `sane` command's subparsers."""
+    """Register ``archive``, ``serve``, ``request`` and ``deploy`` on the `sane` command's subparsers."""
     from sane.serving.archive import ARCHIVES, DEFAULT_ARCHIVES
+    from sane.serving.deploy import add_deploy_command
 
     archive = sub.add_parser("archive", help="build TorchServe archives (model_store/*.mar) with torch-model-archiver")
     archive.add_argument("names", nargs="*", default=list(DEFAULT_ARCHIVES), metavar="NAME",
@@ -232,3 +233,4 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     request.add_argument("--options", default=None, help="further options as a JSON object")
     request.add_argument("--out", default="out/request", help="directory for heat maps, maps and result.json")
     request.set_defaults(func=_cmd_request)
+    add_deploy_command(sub)
