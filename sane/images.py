@@ -163,18 +163,49 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, field: str = "im
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
             reason = str(exc).split(" <_io.")[0]  # PIL names the BytesIO object: noise for the user
             raise InputError(f"{field}: cannot read image {name!r}: {reason}", field) from exc
-    return to_rgb(image)
+    return to_rgb(image, field)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; alpha is composited on a white background."""
+def _high_depth_to_8bit(image: Image.Image, field: str) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale as 8-bit ``L``, scaled by the depth the values use.
+
+    PIL's own ``convert`` clips these to 0..255, so a 16-bit photo would come out nearly all white.
+    ``I;16*``: 0..65535. ``I`` (32-bit, what PNG/TIFF 16-bit data often opens as): 0..255 if it fits,
+    else 0..65535. ``F``: 0..1 if it fits, else 0..255. Anything else is refused (the range is unknown).
+    """
+    arr = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{field}: a {image.mode} image with NaN or infinite pixels", field)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if image.mode.startswith("I;16"):
+        top = 65535.0
+    elif image.mode == "I" and lo >= 0 and hi <= 65535:
+        top = 255.0 if hi <= 255 else 65535.0
+    elif image.mode == "F" and lo >= 0 and hi <= 255:
+        top = 1.0 if hi <= 1 else 255.0
+    else:
+        raise InputError(f"{field}: {image.mode} image with values in [{lo:g}, {hi:g}]: expected 0..65535 (integer) "
+                         "or 0..1 / 0..255 (float); send an 8- or 16-bit image", field)
+    return Image.fromarray(np.round(arr * (255.0 / top)).clip(0, 255).astype(np.uint8), "L")
+
+
+def to_rgb(image: Image.Image, field: str = "image") -> Image.Image:
+    """Convert any PIL mode to RGB; alpha is composited on a white background; 16-bit, 32-bit and
+    float greyscale are scaled by their depth (not clipped). A mode PIL cannot convert is a 400."""
     if image.mode == "RGB":
         return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _high_depth_to_8bit(image, field)
+    try:
+        if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info):
+            if image.mode == "La":  # premultiplied alpha: PIL converts it through RGBa only
+                image = image.convert("RGBa")
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as exc:  # e.g. "conversion from X to Y not supported"
+        raise InputError(f"{field}: cannot use a {image.mode} image: {exc}; send RGB or greyscale", field) from exc
 
 
 def load_image(

@@ -375,3 +375,35 @@ def test_a_failing_group_does_not_fail_the_rest_of_the_batch(saliency, monkeypat
     assert [s for s, _ in results] == [500, 200]
     assert "generator crashed" in results[0][1]["error"]
     assert results[1][1]["method"] == "rise"
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"method": "mask", "n_masks": 4000, "mode": "both"}, "options.n_masks"),  # ~24,000 forward passes
+        ({"method": "mask", "n_masks": 2000}, "options.n_masks"),
+        ({"method": "lime", "n_masks": 4000, "mode": "both"}, "options.n_masks"),
+        ({"method": "sliding_window", "mode": "both"}, "options.mode"),  # within the default, not within 1000
+    ],
+)
+def test_costly_options_within_the_caps_are_400_naming_the_option(options, field):
+    """Each option below its own cap, together above the request budget (forward-pass equivalents)."""
+    from sane.serving.config import ServingConfig
+    from sane.serving.options import validate_saliency_options
+
+    config = ServingConfig(max_cost=1000) if options.get("method") == "sliding_window" else ServingConfig()
+    with pytest.raises(RequestError) as err:
+        validate_saliency_options(options, config)
+    assert err.value.field == field and "max_cost" in str(err.value) and "forward passes" in str(err.value)
+
+
+def test_the_largest_rise_request_the_caps_allow_fits_the_default_budget():
+    from sane.serving.config import ServingConfig
+    from sane.serving.options import request_cost, validate_saliency_options
+
+    config = ServingConfig()
+    options = {"n_masks": config.max_n_masks, "mode": "both", "n_reference_masks": config.max_n_reference_masks}
+    assert validate_saliency_options(options, config).n_masks == config.max_n_masks
+    assert request_cost("rise", "both", 4000, {"n_reference_masks": 500}) == 4500
+    assert request_cost("mask", "fixed", None, {}) == 1500  # the learned mask's 500 iterations, x3
+    assert request_cost("sliding_window", "fixed", None, {}) == 625

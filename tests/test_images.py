@@ -59,3 +59,60 @@ def test_decompression_bomb_is_refused():
     assert len(buf.getvalue()) < 2_000_000
     with pytest.raises(InputError, match="above the limit|decompression bomb"):
         open_image(buf.getvalue(), field="query")
+
+
+GRADIENT = np.tile(np.linspace(0, 255, 64).round().astype(np.uint8), (16, 1))  # 8-bit truth, left to right
+
+
+def _encoded(mode: str) -> tuple[bytes, str]:
+    """GRADIENT in PIL mode ``mode``, saved in a format that keeps the mode; (file bytes, mode it opens as)."""
+    g = GRADIENT.astype(np.float64)
+    buf = io.BytesIO()
+    if mode in ("I;16", "I;16B"):  # a 16-bit greyscale PNG
+        Image.frombytes("I;16B", (64, 16), (g * 257).astype(">u2").tobytes()).save(buf, format="PNG")
+    elif mode == "I":  # 32-bit integer TIFF holding 16-bit values
+        Image.fromarray((g * 257).astype(np.int32), "I").save(buf, format="TIFF")
+    elif mode == "F":  # float TIFF in 0..1
+        Image.fromarray((g / 255).astype(np.float32), "F").save(buf, format="TIFF")
+    elif mode == "LA":
+        Image.merge("LA", [Image.fromarray(GRADIENT), Image.new("L", (64, 16), 255)]).save(buf, format="PNG")
+    elif mode == "P":  # palette with a transparent index: black (column 0) is see-through
+        Image.fromarray(GRADIENT).convert("P").save(buf, format="PNG", transparency=0)
+    elif mode == "CMYK":  # a CMYK JPEG: K carries the darkness
+        k = Image.fromarray(255 - GRADIENT)
+        zero = Image.new("L", (64, 16), 0)
+        Image.merge("CMYK", [zero, zero, zero, k]).save(buf, format="JPEG", quality=100)
+    elif mode == "1":
+        Image.fromarray(GRADIENT > 127).save(buf, format="PNG")
+    else:
+        raise AssertionError(mode)
+    data = buf.getvalue()
+    return data, Image.open(io.BytesIO(data)).mode
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "LA", "P", "CMYK", "1"])
+def test_every_mode_decodes_to_the_picture_it_holds(mode):
+    """A 16-bit greyscale PNG used to come out all white (PIL clips I;16 to 255 in convert)."""
+    data, opened_as = _encoded(mode)
+    assert opened_as.split(";")[0] == mode.split(";")[0], opened_as
+    grey = np.asarray(open_image(data)).astype(float).mean(axis=2)
+    truth = (GRADIENT > 127) * 255.0 if mode == "1" else GRADIENT.astype(float)
+    if mode == "P":
+        truth = np.where(GRADIENT == 0, 255.0, truth)  # the transparent pixels, composited on white
+    assert np.abs(grey - truth).mean() < 3, (mode, grey[0, ::8], truth[0, ::8])
+
+
+def test_modes_that_cannot_be_decoded_faithfully_are_400():
+    for image, match in ((Image.fromarray(np.full((8, 8), -5, np.int32), "I"), "values in"),
+                         (Image.fromarray(np.full((8, 8), 1e6, np.float32), "F"), "values in"),
+                         (Image.fromarray(np.full((8, 8), np.nan, np.float32), "F"), "NaN"),
+                         (Image.new("La", (8, 8)), "cannot use a La image")):
+        buf = io.BytesIO()
+        try:
+            image.save(buf, format="TIFF")
+            source = buf.getvalue()
+        except OSError:  # a mode no file format keeps: given as a PIL image
+            source = image
+        with pytest.raises(InputError, match=match) as err:
+            open_image(source, field="query")
+        assert err.value.field == "query" and err.value.status == 400

@@ -117,6 +117,50 @@ def _check_generator_option(name: str, options: dict, config: ServingConfig) -> 
 
 
 GENERATOR_OPTIONS = ("grid", "p", "n_reference_masks", "substrate")
+
+# The cost of a request in forward-pass equivalents: one image at the model's input size through the
+# backbone. A learned-mask iteration is a forward and a backward pass (~3 forward passes); the sliding
+# window's size is fixed by the generator (windows_per_side squared).
+BACKWARD_FACTOR = 3
+
+
+def _size_default(method: str) -> int | None:
+    """The generator's own default of its size option (LIME's samples, the mask's iterations)."""
+    name = SIZE_OPTIONS.get(method)
+    if name is None:
+        return None
+    return int(inspect.signature(GENERATORS[method].__init__).parameters[name].default)
+
+
+def request_cost(method: str, mode: str, n_masks: int | None, generator: dict[str, Any]) -> int:
+    """Forward-pass equivalents one request costs (what ``handler.max_cost`` bounds)."""
+    both = mode == "both"
+    size = n_masks if n_masks is not None else _size_default(method)
+    if method == "rise":
+        return size + (generator.get("n_reference_masks", 30) if both else 0)
+    if method == "lime":
+        return size * (2 if both else 1)
+    if method == "mask":
+        return BACKWARD_FACTOR * size * (2 if both else 1)
+    if method == "sliding_window":
+        side = inspect.signature(GENERATORS[method].__init__).parameters["windows_per_side"].default
+        return side * side * (2 if both else 1)
+    return 1  # random: no forward pass beyond the pair's
+
+
+def check_cost(method: str, mode: str, n_masks: int | None, generator: dict[str, Any], config: ServingConfig) -> int:
+    """Refuse a request above the archive's ``max_cost``, naming the option to lower."""
+    cost = request_cost(method, mode, n_masks, generator)
+    if cost > config.max_cost:
+        sized = method in SIZE_OPTIONS  # the protocol's n_masks sizes it
+        field = "n_masks" if sized else ("mode" if mode == "both" else "method")
+        size = f", n_masks {n_masks if n_masks is not None else _size_default(method)}" if sized else ""
+        raise RequestError(
+            f"{field}: this request costs {cost} forward passes (method {method}, mode {mode}{size}), above the "
+            f"server's max_cost of {config.max_cost}; lower {field}" + (" or use mode fixed" if mode == "both" else ""),
+            _field(field),
+        )
+    return cost
 SALIENCY_OPTIONS = frozenset({"method", "mode", "n_masks", "seed", "outputs", *GENERATOR_OPTIONS})
 
 
@@ -155,4 +199,5 @@ def validate_saliency_options(
             raise RequestError(f"{name}: does not apply to method {method!r}", _field(name))
         generator.append((name, _check_generator_option(name, options, config)))
     outputs = check_outputs(options, MAP_OUTPUTS, MAP_OUTPUTS)
+    check_cost(method, mode, n_masks, dict(generator), config)
     return SaliencyOptions(method, mode, n_masks, seed, tuple(sorted(generator)), outputs)
