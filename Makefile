@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo stop test lint install clean
+.PHONY: demo stop test lint install clean haproxy
 
 $(BIN)/sane: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,19 +16,29 @@ $(BIN)/sane: pyproject.toml
 
 install: $(BIN)/sane
 
-# The main job: build the archives, start TorchServe (production config.properties: token auth on,
-# the token is read from out/serve/key_file.json), explain the bundled pair over HTTP, leave it running.
-demo: install
+# HAProxy (the gateway) comes from the system's packages: installed here if missing and we are root.
+haproxy:
+	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q haproxy; } || \
+	  { echo "HAProxy is needed: sudo apt-get install haproxy (Debian/Ubuntu, 2.6 or later)"; exit 1; }
+
+# The main job: build the archives, start a gateway of one (`sane deploy up --instances 1`: TorchServe
+# on loopback behind HAProxy, which checks API keys that do not expire), make a key, explain the
+# bundled pair over HTTP through the gateway with the `sane` archive, leave it running.
+demo: install haproxy
 	$(BIN)/sane archive
-	$(BIN)/sane serve --restart
-	$(BIN)/sane request examples/query.jpg examples/reference.jpg --archive sane --out out/demo
-	@echo "TorchServe is still running (HTTP :8080, gRPC :7070, token in out/serve/key_file.json)."
-	@echo "Stop it with: make stop   (or: .venv/bin/sane serve --stop)"
+	$(BIN)/sane deploy down >/dev/null
+	$(BIN)/sane deploy up --instances 1
+	KEY=$$($(BIN)/sane deploy keys add demo --replace --quiet) && \
+	  $(BIN)/sane request examples/query.jpg examples/reference.jpg --archive sane --key "$$KEY" --out out/demo
+	@echo "The gateway is still running (HTTP :8080, gRPC :7070). Make yourself a key (printed once):"
+	@echo "  .venv/bin/sane deploy keys add NAME    then send 'Authorization: Bearer <key>'"
+	@echo "Stop it with: make stop   (or: .venv/bin/sane deploy down)"
 
 stop:
-	$(BIN)/sane serve --stop
+	$(BIN)/sane deploy down
 
-test: install
+test: install haproxy
 	$(BIN)/ruff check sane tests bench experiments examples handlers clients
 	$(BIN)/pytest -q
 

@@ -84,7 +84,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="sane-bench-") as tmp:
         print("starting TorchServe (saliency archive) ...", flush=True)
-        with temporary_server(tmp, ["saliency"], ROOT / "config.test.properties") as server:
+        with temporary_server(tmp, ["saliency"], ROOT / "config.properties") as server:
             http = HttpClient(server.inference_url, timeout=600)
             grpc_client = GrpcClient(server.grpc_address, stubs_dir=Path(tmp) / "stubs", timeout=600)
             handler, context = load_handler("saliency")

@@ -1,9 +1,10 @@
 """Explain an image pair over gRPC (TorchServe's ``Predictions`` RPC).
 
     python clients/grpc_client.py examples/query.jpg examples/reference.jpg \
-        --address 127.0.0.1:7070 --key-file out/serve/key_file.json --mode both --out out/grpc
+        --address 127.0.0.1:7070 --key "$SANE_API_KEY" --mode both --out out/grpc
 
-The Python stubs are generated on first use from the protos inside the installed TorchServe jar
+Through the gateway (`sane deploy up`) the call carries its API key as metadata
+(``authorization: Bearer <key>``). The Python stubs are generated on first use from the protos inside the installed TorchServe jar
 (``sane.serving.grpc_client.build_stubs``, into ``build/``); nothing generated is committed. The input
 map is ``{"query": bytes, "reference": bytes, "options": JSON bytes}`` and the reply holds the same
 JSON bytes as an HTTP response (an error is a JSON ``{"error", "field"}`` body: TorchServe 0.12 does not
@@ -14,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+import grpc
 
 from sane.serving.commands import write_response
 from sane.serving.grpc_client import GrpcClient
@@ -27,7 +31,10 @@ def main() -> int:
     parser.add_argument("reference")
     parser.add_argument("--address", default="127.0.0.1:7070")
     parser.add_argument("--archive", default="saliency")
-    parser.add_argument("--key-file", default="out/serve/key_file.json", help="TorchServe's key_file.json (if any)")
+    parser.add_argument("--key", default=os.environ.get("SANE_API_KEY"),
+                        help="the gateway's API key (`sane deploy keys add NAME`; default: $SANE_API_KEY)")
+    parser.add_argument("--key-file", default=None,
+                        help="instead of --key: TorchServe's key_file.json, for a server with its own token auth on")
     parser.add_argument("--method", default="rise")
     parser.add_argument("--mode", default="fixed", choices=["fixed", "both"])
     parser.add_argument("--n-masks", type=int, default=1000)
@@ -35,11 +42,15 @@ def main() -> int:
     parser.add_argument("--out", default="out/grpc")
     args = parser.parse_args()
 
-    key_file = Path(args.key_file)
-    token = json.loads(key_file.read_text())["inference"]["key"] if key_file.is_file() else None
+    token = json.loads(Path(args.key_file).read_text())["inference"]["key"] if args.key_file else args.key
     options = {"method": args.method, "mode": args.mode, "n_masks": args.n_masks, "seed": args.seed}
-    with GrpcClient(args.address, token) as client:
-        response = client.request(args.archive, Path(args.query).read_bytes(), Path(args.reference).read_bytes(), options)
+    try:
+        with GrpcClient(args.address, token) as client:
+            response = client.request(args.archive, Path(args.query).read_bytes(), Path(args.reference).read_bytes(),
+                                      options)
+    except grpc.RpcError as exc:  # e.g. UNAUTHENTICATED from the gateway: no or a wrong key
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
     if "error" in response:
         print(f"error: {response['error']} (field {response.get('field')})", file=sys.stderr)
         return 1

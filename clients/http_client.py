@@ -1,9 +1,9 @@
 """Explain an image pair over HTTP with nothing but the standard library (and numpy for the map).
 
     python clients/http_client.py examples/query.jpg examples/reference.jpg \
-        --url http://127.0.0.1:8080 --key-file out/serve/key_file.json --mode both --out out/http
+        --url http://127.0.0.1:8080 --key "$SANE_API_KEY" --mode both --out out/http
 
-Sends a multipart form (``--json`` for a JSON body with base64 images) to ``/predictions/saliency``
+Through the gateway (`sane deploy up`) send its API key; sends a multipart form (``--json`` for a JSON body with base64 images) to ``/predictions/saliency``
 and writes the heat maps (PNG) and the raw float16 maps (.npy) from the response.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -34,7 +35,10 @@ def main() -> int:
     parser.add_argument("reference")
     parser.add_argument("--url", default="http://127.0.0.1:8080")
     parser.add_argument("--archive", default="saliency")
-    parser.add_argument("--key-file", default="out/serve/key_file.json", help="TorchServe's key_file.json (if any)")
+    parser.add_argument("--key", default=os.environ.get("SANE_API_KEY"),
+                        help="the gateway's API key (`sane deploy keys add NAME`; default: $SANE_API_KEY)")
+    parser.add_argument("--key-file", default=None,
+                        help="instead of --key: TorchServe's key_file.json, for a server with its own token auth on")
     parser.add_argument("--method", default="rise")
     parser.add_argument("--mode", default="fixed", choices=["fixed", "both"])
     parser.add_argument("--n-masks", type=int, default=1000)
@@ -55,9 +59,9 @@ def main() -> int:
                                         "options": (json.dumps(options).encode(), "application/json")})
     request = urllib.request.Request(f"{args.url}/predictions/{args.archive}", data=body, method="POST")
     request.add_header("Content-Type", content_type)
-    key_file = Path(args.key_file)
-    if key_file.is_file():  # token authorization (on in production)
-        request.add_header("Authorization", f"Bearer {json.loads(key_file.read_text())['inference']['key']}")
+    key = json.loads(Path(args.key_file).read_text())["inference"]["key"] if args.key_file else args.key
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(request, timeout=600) as reply:
             response = json.load(reply)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -327,13 +329,41 @@ def test_grpc_stubs_are_generated_from_the_torchserve_jar(tmp_path):
     assert hasattr(pb2_grpc, "InferenceAPIsServiceStub")
 
 
-def test_production_config_keeps_tokens_on_and_the_model_api_off():
+def test_grpc_stubs_build_once_when_many_threads_and_processes_create_clients_at_once(tmp_path):
+    # Fresh interpreters (nothing imported yet), 2 processes x 8 threads, one empty stubs directory.
+    script = (
+        "import sys, threading\n"
+        "from sane.serving.grpc_client import GrpcClient\n"
+        "errors = []\n"
+        "def one():\n"
+        "    try:\n"
+        "        with GrpcClient('127.0.0.1:1', stubs_dir=sys.argv[1]) as c:\n"
+        "            assert c.pb2.PredictionsRequest(model_name='m').model_name == 'm'\n"
+        "    except BaseException as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=one) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(errors); sys.exit(1 if errors else 0)\n"
+    )
+    stubs = tmp_path / "stubs"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(stubs)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sorted(f.name for f in stubs.glob("*.py")) == ["inference_pb2.py", "inference_pb2_grpc.py",
+                                                          "management_pb2.py", "management_pb2_grpc.py"]
+
+
+def test_instance_config_has_no_expiring_tokens_listens_on_loopback_and_keeps_the_model_api_off():
+    # Keys live at the gateway (`sane deploy`): TorchServe's expire after an hour and differ per instance.
     props = read_properties(ROOT / "config.properties")
-    assert props["disable_token_authorization"] == "false"
+    assert props["disable_token_authorization"] == "true"
     assert props["enable_model_api"] == "false"
     assert props["metrics_mode"] == "prometheus"
-    test_props = read_properties(ROOT / "config.test.properties")
-    assert test_props["disable_token_authorization"] == "true"  # explicit, for tests only
+    for name in ("inference_address", "management_address", "metrics_address", "grpc_inference_address",
+                 "grpc_management_address"):
+        assert "127.0.0.1" in props[name], name
+    assert "min_worker" in (ROOT / "config.properties").read_text()  # the comment says what stays possible
 
 
 def test_config_rendering_replaces_keys_and_keeps_the_rest(tmp_path):
@@ -346,7 +376,7 @@ def test_config_rendering_replaces_keys_and_keeps_the_rest(tmp_path):
     assert rendered["inference_address"] == "http://127.0.0.1:1234" and rendered["initial_worker_port"] == "9999"
     moved = ("inference_address", "initial_worker_port")
     assert {k: v for k, v in rendered.items() if k not in moved} == {k: v for k, v in base.items() if k not in moved}
-    assert "# TorchServe configuration for production" in out.read_text()
+    assert "# TorchServe configuration of one instance" in out.read_text()
     assert _overrides(["batchSize=8", "handler.max_n_masks=500", "handler.methods=[rise, lime]"]) == {
         "batchSize": 8, "handler": {"max_n_masks": 500, "methods": ["rise", "lime"]}}
 

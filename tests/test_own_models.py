@@ -404,7 +404,7 @@ def test_a_real_torchserve_serves_the_users_models_with_the_in_process_maps(tmp_
         [(status, body)] = run_batch(handler, context, [payload("json", q, r, options)])
         assert status == 200, body
         expected[name] = body
-    with temporary_server(tmp_path, ["region", "vit"], ROOT / "config.test.properties", build=False) as info:
+    with temporary_server(tmp_path, ["region", "vit"], ROOT / "config.properties", build=False) as info:
         http = HttpClient(info.inference_url, timeout=120)
         for name in ("region", "vit"):
             status, served = http.request(name, q, r, options)

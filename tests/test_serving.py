@@ -45,7 +45,7 @@ def _variant(seed: int) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchserve")
-    with temporary_server(root, ["similarity", "saliency", "sane"], ROOT / "config.test.properties", ARCHIVE) as info:
+    with temporary_server(root, ["similarity", "saliency", "sane"], ROOT / "config.properties", ARCHIVE) as info:
         yield info
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"  token auth ON:  send 'Authorization: Bearer <key>' with the inference key from "
               f"{Path(info.workdir) / 'key_file.json'}")
     else:
-        print("  token auth OFF")
+        print("  token auth OFF (loopback only; for clients beyond this machine, with API keys that do not "
+              "expire: sane deploy up --instances 1)")
     print(f"  logs            {Path(info.workdir) / 'logs'}")
     print(f"stop it with: sane serve --stop{'' if args.workdir == DEFAULT_WORKDIR else ' --workdir ' + args.workdir}")
     return 0
@@ -103,27 +105,50 @@ def _request_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _cmd_request(args: argparse.Namespace) -> int:
-    from sane.serving.server import ServerInfo, read_keys
+def _request_target(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """(HTTP URL, gRPC address, key) of the server to ask: ``--url``/``--grpc`` if given, else the
+    deployment in ``--deploy`` (its gateway), else the `sane serve` in ``--workdir``, else the default
+    deployment if one runs, else 127.0.0.1:8080/7070. The key: ``--key``, else ``$SANE_API_KEY``, else
+    (a `sane serve` with TorchServe token auth on) its inference token."""
+    from sane.serving.deploy import DEFAULT_OUT, Deployment
+    from sane.serving.server import read_keys, running_server
 
-    info = ServerInfo.load(args.workdir)
-    token = args.token
-    if token is None and info is not None and info.token_auth:
-        token = read_keys(args.workdir).get("inference")
+    key = args.key or os.environ.get("SANE_API_KEY") or None
+    url, grpc_address = "http://127.0.0.1:8080", "127.0.0.1:7070"
+    deployment = Deployment(args.deploy or DEFAULT_OUT)
+    info = None if args.deploy else running_server(args.workdir)
+    if args.deploy and not deployment.exists():
+        raise FileNotFoundError(f"no deployment in {args.deploy} (start one with `sane deploy up --out {args.deploy}`)")
+    if info is not None:
+        url, grpc_address = info.inference_url, info.grpc_address
+        if key is None and info.token_auth:
+            key = read_keys(args.workdir).get("inference")
+    elif deployment.exists() and (args.deploy or deployment.gateway_running()):
+        url, grpc_address = deployment.urls()
+    return args.url or url, args.grpc or grpc_address, key
+
+
+def _cmd_request(args: argparse.Namespace) -> int:
+    url, grpc_address, key = _request_target(args)
     query, reference = Path(args.query).read_bytes(), Path(args.reference).read_bytes()
     options = _request_options(args)
     if args.grpc is not None:
+        import grpc
+
         from sane.serving.grpc_client import GrpcClient
 
-        address = args.grpc or (info.grpc_address if info else "127.0.0.1:7070")
-        with GrpcClient(address, token) as client:
-            response = client.request(args.archive, query, reference, options)
+        try:
+            with GrpcClient(grpc_address, key) as client:
+                response = client.request(args.archive, query, reference, options)
+        except grpc.RpcError as exc:
+            hint = " (send a key: --key or $SANE_API_KEY)" if exc.code() == grpc.StatusCode.UNAUTHENTICATED else ""
+            print(f"sane: error: the server answered {exc.code().name}: {exc.details()}{hint}")
+            return 1
         status = 400 if "error" in response else 200
     else:
         from sane.serving.http_client import HttpClient
 
-        url = args.url or (info.inference_url if info else "http://127.0.0.1:8080")
-        status, response = HttpClient(url, token).request(args.archive, query, reference, options, body=args.body)
+        status, response = HttpClient(url, key).request(args.archive, query, reference, options, body=args.body)
     if status != 200 or "error" in response:
         print(f"sane: error: the server answered {status}: {response.get('error', response)}"
               + (f" (field {response['field']})" if response.get("field") else ""))
@@ -211,7 +236,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                        help="server working directory: key_file.json, logs/, tmp/ (its TMPDIR), server.json")
     serve.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config.properties key")
     serve.add_argument("--disable-token-auth", action="store_true",
-                       help="turn token authorization off (development only; production keeps it on)")
+                       help="force TorchServe's token authorization off (it is off in the shipped config.properties; "
+                            "keys belong at the gateway: sane deploy)")
     serve.add_argument("--restart", action="store_true", help="stop a server already running from --workdir first")
     serve.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for READY")
     serve.set_defaults(func=_cmd_serve)
@@ -220,12 +246,17 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     request.add_argument("query", help="query image file")
     request.add_argument("reference", help="reference image file")
     request.add_argument("--archive", default="saliency", help="archive to ask (saliency, sane, similarity)")
-    request.add_argument("--url", default=None, help="HTTP inference URL (default: from --workdir's server.json)")
+    request.add_argument("--url", default=None,
+                         help="HTTP URL (default: the gateway of --deploy, else the `sane serve` of --workdir, else "
+                              "the gateway of out/deploy/ if one runs, else http://127.0.0.1:8080)")
     request.add_argument("--grpc", nargs="?", const="", default=None, metavar="HOST:PORT",
-                         help="use gRPC instead of HTTP (address default: from server.json)")
+                         help="use gRPC instead of HTTP (address default: found as for --url)")
+    request.add_argument("--deploy", default=None, metavar="DIR", help="send to the gateway of the deployment in DIR")
     request.add_argument("--body", default="multipart", choices=["multipart", "json"], help="HTTP body format")
     request.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where `sane serve` keeps server.json and key_file.json")
-    request.add_argument("--token", default=None, help="inference token (default: from key_file.json)")
+    request.add_argument("--key", "--token", dest="key", default=None,
+                         help="API key for the gateway (`sane deploy keys add`; default: $SANE_API_KEY), or the "
+                              "inference token of a TorchServe whose token auth is on")
     request.add_argument("--method", default=None)
     request.add_argument("--mode", default=None, choices=["fixed", "both"])
     request.add_argument("--n-masks", dest="n_masks", type=int, default=None)

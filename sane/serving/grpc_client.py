@@ -9,10 +9,14 @@ the reply carries exactly the bytes an HTTP request gets.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import os
+import shutil
 import sys
+import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -39,12 +43,40 @@ def default_stubs_dir() -> Path:
     return repo_root() / "build" / f"grpc-ts{ts_version}"
 
 
+_BUILD_LOCK = threading.Lock()
+
+
+def _stubs_present(out: Path) -> bool:
+    # The *_pb2_grpc.py files are moved in last: when they are there, everything is.
+    return all((out / f"{p[:-6]}_pb2_grpc.py").is_file() for p in PROTOS)
+
+
 def build_stubs(out_dir: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Generate ``inference_pb2(_grpc).py`` and ``management_pb2(_grpc).py`` in ``out_dir`` from the
-    protos inside the TorchServe jar; returns ``out_dir``. Skips the work when they are already there."""
+    protos inside the TorchServe jar; returns ``out_dir``. Skips the work when they are already there.
+
+    Safe when many threads or processes create clients at once: one builds (a thread lock and a file
+    lock), in a private directory, then moves the files in, the ``_grpc`` modules last; the others
+    wait and find them complete."""
     out = Path(out_dir) if out_dir is not None else default_stubs_dir()
-    if not force and all((out / f"{p[:-6]}_pb2_grpc.py").is_file() for p in PROTOS):
+    if not force and _stubs_present(out):
         return out
+    out.mkdir(parents=True, exist_ok=True)
+    with _BUILD_LOCK, open(out / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and _stubs_present(out):
+            return out  # another thread or process built them while this one waited
+        with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as tmp:
+            _generate(Path(tmp))
+            shutil.rmtree(out / "proto", ignore_errors=True)
+            os.replace(Path(tmp) / "proto", out / "proto")
+            names = [f"{p[:-6]}_pb2.py" for p in PROTOS] + [f"{p[:-6]}_pb2_grpc.py" for p in PROTOS]
+            for name in names:
+                os.replace(Path(tmp) / name, out / name)
+    return out
+
+
+def _generate(out: Path) -> None:
     import grpc_tools
     from google.rpc import status_pb2
     from grpc_tools import protoc
@@ -63,7 +95,6 @@ def build_stubs(out_dir: str | os.PathLike | None = None, force: bool = False) -
             *[str(src / name) for name in PROTOS]]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {', '.join(PROTOS)} (from {torchserve_jar()})")
-    return out
 
 
 def load_stubs(out_dir: str | os.PathLike | None = None) -> tuple[ModuleType, ModuleType]:
