@@ -339,3 +339,33 @@ def test_overload_answers_503_with_retry_after_and_json(tight):
             assert "overloaded" in answer["error"] and int(headers["Retry-After"]) > 0, (headers, answer)
             assert headers["Content-Type"] == "application/json"
     assert _get(f"{url}/healthz")[0] == 200  # overloaded is not down
+
+
+def test_overload_over_grpc_is_unavailable_not_internal(tight, tmp_path):
+    _, grpc_address = tight.urls()
+    q, r = _pair()
+    codes, lock = [], threading.Lock()
+    n = 12  # a batch of 4 running, 1 queued: the rest overflow. One key each (the rate limit is 6 per key).
+    clients = [GrpcClient(grpc_address, tight.keys.add(f"burst-grpc-{i}", tight.socket), stubs_dir=tmp_path,
+                          timeout=120) for i in range(n)]
+    start = threading.Barrier(n)
+
+    def one(client):
+        start.wait()
+        with client:
+            try:
+                client.request("saliency", q, r, {"n_masks": 200, "seed": 4})
+                code = "OK"
+            except grpc.RpcError as exc:
+                code = (exc.code(), exc.details())
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=one, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert "OK" in codes, codes
+    refused = [c for c in codes if c != "OK"]
+    assert refused and all(c[0] == grpc.StatusCode.UNAVAILABLE and "overloaded" in c[1] for c in refused), codes
