@@ -173,3 +173,13 @@ def test_custom_metrics_reach_the_prometheus_endpoint(server):
         match = re.search(rf'^{name}\{{ModelName="saliency".*\}} ([0-9.eE+-]+)$', text, re.MULTILINE)
         assert match, f"{name} missing from /metrics"
         assert float(match.group(1)) > 0
+    # Latency as a histogram: cumulative buckets ending in +Inf, whose count is the number of requests
+    # this archive has answered so far (every test above sent some), so p50/p99 can be read from it.
+    buckets = [(float(le), float(v)) for le, v in re.findall(
+        r'^SaneRequestSeconds_bucket\{(?=[^}]*ModelName="saliency")[^}]*le="([^"]+)",?[^}]*\} ([0-9.eE+-]+)$', text,
+        re.MULTILINE)]
+    assert len(buckets) >= 10 and buckets[-1][0] == float("inf"), text[-2000:]
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts) and counts[-1] >= 3
+    count = re.search(r'^SaneRequestSeconds_count\{[^}]*ModelName="saliency"[^}]*\} ([0-9.eE+-]+)$', text, re.MULTILINE)
+    assert count and float(count.group(1)) == counts[-1]
