@@ -1,12 +1,15 @@
 """Mask banks: RISE random masks and sliding windows, built vectorised on the model's device.
 
 Masks do not depend on the image, so each bank is generated once per settings and reused across
-calls (an LRU cache keyed by every parameter that shapes it).
+calls (:data:`BANKS`, bounded in bytes, least recently used out, keyed by every parameter that
+shapes it).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import torch
@@ -97,8 +100,60 @@ def _upsample(params, start: int, stop: int, size: tuple[int, int]) -> torch.Ten
     return up[:, 0][idx, rows, cols]
 
 
-@lru_cache(maxsize=8)
+class BankCache:
+    """Mask banks kept for reuse, bounded in bytes (not entries): least recently used first out.
+
+    A worker serving many (n, grid, size) combinations keeps at most ``max_bytes`` of masks, on
+    whichever device they live (K workers per GPU: K x max_bytes of its memory). A bank larger than the
+    whole budget is made and returned but not kept. Thread-safe."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._items.values())
+
+    def get(self, key: tuple, make) -> torch.Tensor:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        size = value.numel() * value.element_size()
+        with self._lock:
+            if size <= self.max_bytes:
+                self._items[key] = value
+                self._items.move_to_end(key)
+                while self.nbytes > self.max_bytes:
+                    self._items.popitem(last=False)
+        return value
+
+    def resize(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"a mask cache of {max_bytes} bytes")
+        with self._lock:
+            self.max_bytes = int(max_bytes)
+            while self._items and self.nbytes > self.max_bytes:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+# Every cached bank of the process (RISE banks, occlusion windows): 512 MiB unless the serving
+# config says otherwise (`handler.mask_cache_mb`).
+BANKS = BankCache(512 * 2**20)
+
+
 def _rise_masks(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str) -> torch.Tensor:
+    return BANKS.get(("rise", n, grid, p, size, seed, device), lambda: _make_rise_masks(n, grid, p, size, seed, device))
+
+
+def _make_rise_masks(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str) -> torch.Tensor:
     params = _rise_cells(n, grid, p, size, seed, device)
     out = torch.empty((n, *size), dtype=torch.float32, device=device)
     for start in range(0, n, _CHUNK):

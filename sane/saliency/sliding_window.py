@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 from torch import nn
 
 from sane.errors import InputError
 from sane.saliency.engine import PerturbationExplainer
-from sane.saliency.masks import occlusion_windows
+from sane.saliency.masks import BANKS, occlusion_windows
 
 
-@lru_cache(maxsize=8)
 def _keep_masks(size: tuple[int, int], per_side: int, window: float, stride: float, device: str) -> torch.Tensor:
-    return 1.0 - occlusion_windows(size, per_side, window, stride, device)
+    return BANKS.get(("occlusion", tuple(size), per_side, window, stride, str(device)),
+                     lambda: 1.0 - occlusion_windows(size, per_side, window, stride, device))
 
 
 class SlidingWindow(PerturbationExplainer):

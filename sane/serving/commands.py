@@ -36,9 +36,19 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 def _cmd_archive(args: argparse.Namespace) -> int:
     from sane.model_args import load_from_args
-    from sane.serving.archive import build_archive
+    from sane.serving.archive import build_archive, merge_config, profile_config
 
     overrides = _overrides(args.set)
+    gpu_args = {k: v for k, v in (("gpus", args.gpus), ("workers_per_gpu", args.workers_per_gpu)) if v is not None}
+    cpu_args = {k: v for k, v in (("workers", args.workers), ("cores", args.cores)) if v is not None}
+    if args.profile is not None:
+        if args.profile == "cpu" and gpu_args:
+            raise ValueError("--gpus and --workers-per-gpu are for --profile gpu")
+        profile = profile_config(args.profile, **gpu_args, **cpu_args)
+        overrides = merge_config(profile, overrides)  # --set wins over the profile
+        print(f"profile {args.profile}: {_describe_profile(profile)}")
+    elif gpu_args or cpu_args:
+        raise ValueError("--gpus, --workers-per-gpu, --workers and --cores need --profile gpu or cpu")
     if args.name is not None and len(args.names) != 1:
         raise ValueError("--name names one archive: build one kind (similarity, saliency or sane) at a time")
     loaded = load_from_args(args)  # validated once, before any archive is built
@@ -50,6 +60,13 @@ def _cmd_archive(args: argparse.Namespace) -> int:
                              code=tuple(args.code or ()), attribute_model=args.attribute_model, model_name=args.name)
         print(f"wrote {path}")
     return 0
+
+
+def _describe_profile(profile: dict[str, Any]) -> str:
+    handler = profile["handler"]
+    devices = f"GPUs {profile['deviceIds']}" if profile["deviceType"] == "gpu" else "CPU"
+    return (f"{profile['maxWorkers']} workers on {devices}, {handler['threads']} thread(s) each"
+            + (f", forward batches of {handler['batch_size']}, amp" if handler.get("amp") else ""))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -225,6 +242,15 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     archive.add_argument("--handlers", default=None, help="handlers directory (default: the checkout's handlers/)")
     archive.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="override model-config.yaml, e.g. batchSize=8 or handler.max_n_masks=500")
+    archive.add_argument("--profile", choices=["cpu", "gpu"], default=None,
+                         help="model-config for the target: workers, devices, batch sizes, precision, threads "
+                              "(--set still overrides it)")
+    archive.add_argument("--gpus", type=int, default=None, help="--profile gpu: GPUs per box (default 1)")
+    archive.add_argument("--workers-per-gpu", type=int, default=None,
+                         help="--profile gpu: workers per GPU (default 2); workers = gpus x this")
+    archive.add_argument("--workers", type=int, default=None, help="--profile cpu: workers (default: cores // 4)")
+    archive.add_argument("--cores", type=int, default=None,
+                         help="--profile cpu: the target machine's cores (default: this machine's)")
     archive.set_defaults(func=_cmd_archive)
 
     serve = sub.add_parser("serve", help="start TorchServe with the archives and wait until they are READY")

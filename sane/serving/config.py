@@ -22,6 +22,7 @@ class ServingConfig:
     channels_last: bool = False  # NHWC batches (faster convolutions on CPU and on tensor cores)
     fuse: bool = False  # fold BatchNorm into the convolutions once at load (same function, faster forwards)
     threads: int | None = None  # torch intra-op threads in the worker (None: torch's default)
+    mask_cache_mb: int = 512  # mask banks kept for reuse per worker, in MiB (on the worker's device)
     default_method: str = "rise"
     default_mode: str = "fixed"
     default_n_masks: int = 1000
@@ -55,6 +56,8 @@ class ServingConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"model-config handler.{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.mask_cache_mb, bool) or not isinstance(self.mask_cache_mb, int) or self.mask_cache_mb < 0:
+            raise ValueError(f"model-config handler.mask_cache_mb must be an integer >= 0, got {self.mask_cache_mb!r}")
         if self.default_n_masks > self.max_n_masks:
             raise ValueError(
                 f"model-config handler.default_n_masks ({self.default_n_masks}) exceeds max_n_masks "
@@ -67,9 +70,19 @@ class ServingConfig:
             raise ValueError(f"model-config handler.default_mode must be fixed or both, got {self.default_mode!r}")
 
     def resolve_device(self, gpu_id: int | None = None) -> torch.device:
-        """The device the model runs on: TorchServe's assigned GPU when ``auto`` and CUDA is there."""
-        if self.device == "auto":
-            if gpu_id is not None and torch.cuda.is_available():
-                return torch.device(f"cuda:{int(gpu_id)}")
+        """The device the worker runs on. TorchServe gives each worker a ``gpu_id`` (round-robin over
+        the archive's ``deviceIds``, none when its ``deviceType`` is cpu); ``auto`` means that GPU, else
+        the CPU; a bare ``cuda`` means that GPU, else GPU 0 (and fails without CUDA); ``cuda:N`` pins
+        every worker to GPU N."""
+        if self.device == "cpu" or (self.device == "auto" and (gpu_id is None or not torch.cuda.is_available())):
             return torch.device("cpu")
-        return torch.device(self.device)
+        if self.device in ("auto", "cuda"):
+            index = int(gpu_id) if gpu_id is not None else 0
+        else:
+            index = torch.device(self.device).index or 0
+        if not torch.cuda.is_available():
+            raise ValueError(f"model-config handler.device is {self.device!r} but this worker has no CUDA")
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"GPU {index} requested (handler.device {self.device!r}, gpu_id {gpu_id}) but this "
+                             f"machine has {torch.cuda.device_count()} GPU(s)")
+        return torch.device(f"cuda:{index}")

@@ -28,6 +28,7 @@ from sane.images import open_image
 from sane.models.checkpoint import LoadedModel, load_model
 from sane.models.optimize import prepare_for_inference
 from sane.models.spec import ModelSpec
+from sane.saliency.masks import BANKS
 from sane.serving.config import ServingConfig
 from sane.serving.metrics import HandlerMetrics
 from sane.serving.request import PairRequest, parse_pair_request
@@ -84,6 +85,9 @@ class ServingHandler:
         if self.config.threads:
             torch.set_num_threads(int(self.config.threads))
         self.device = self.config.resolve_device(props.get("gpu_id"))
+        if self.device.type == "cuda":  # this worker's GPU is the current one (streams, caches, amp)
+            torch.cuda.set_device(self.device)
+        BANKS.resize(self.config.mask_cache_mb * 2**20)
         loaded = load_served_model(props.get("model_dir") or "", self.model_path(context), self.device)
         self.model, self.preprocess = loaded.model, loaded.preprocess
         # Once per worker: BN folded into the convs (+ NHWC weights), shared by every request's explainer.

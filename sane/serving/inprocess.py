@@ -22,8 +22,10 @@ from sane.models import default_weights_path
 from sane.serving.archive import ARCHIVES, handlers_dir, load_model_config, merge_config, repo_root
 
 
-def make_context(model_name: str, model_dir: str, serialized_file: str | None, model_yaml: dict[str, Any]):
-    """A ``ts.context.Context`` as a TorchServe worker builds it (manifest, model-config, metrics cache)."""
+def make_context(model_name: str, model_dir: str, serialized_file: str | None, model_yaml: dict[str, Any],
+                 gpu_id: int | None = None):
+    """A ``ts.context.Context`` as a TorchServe worker builds it (manifest, model-config, metrics cache;
+    ``gpu_id``: the GPU TorchServe assigned the worker, None on CPU)."""
     import ts
     from ts.context import Context
     from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
@@ -33,7 +35,7 @@ def make_context(model_name: str, model_dir: str, serialized_file: str | None, m
     metrics = MetricsCacheYamlImpl(config_file_path=str(Path(ts.__file__).parent / "configs" / "metrics.yaml"))
     metrics.initialize_cache()
     metrics.model_name = model_name
-    return Context(model_name, model_dir, manifest, int(model_yaml.get("batchSize", 1)), None, ts.__version__,
+    return Context(model_name, model_dir, manifest, int(model_yaml.get("batchSize", 1)), gpu_id, ts.__version__,
                    metrics=metrics, model_yaml_config=model_yaml)
 
 
@@ -53,8 +55,10 @@ def load_handler(
     model_path: str | os.PathLike | None = None,
     config_overrides: dict[str, Any] | None = None,
     handlers: str | os.PathLike | None = None,
+    gpu_id: int | None = None,
 ):
-    """``(handler, context)``: the archive's handler class from ``handlers/``, initialised as a worker would."""
+    """``(handler, context)``: the archive's handler class from ``handlers/``, initialised as a worker would
+    (``gpu_id``: as TorchServe assigns it to a worker of a GPU archive)."""
     spec = ARCHIVES[archive]
     hdir = handlers_dir(handlers)
     model_yaml = merge_config(load_model_config(archive, hdir), config_overrides)
@@ -64,7 +68,7 @@ def load_handler(
     os.symlink(weights.resolve(), Path(model_dir) / weights.name)
     for rel in spec.extra_files:  # what the archive carries beside the weights, at its root
         os.symlink((repo_root() / rel).resolve(), Path(model_dir) / Path(rel).name)
-    context = make_context(archive, model_dir, weights.name, model_yaml)
+    context = make_context(archive, model_dir, weights.name, model_yaml, gpu_id)
     handler = _handler_class(hdir / spec.handler)()
     handler.initialize(context)
     return handler, context
