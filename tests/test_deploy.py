@@ -369,3 +369,15 @@ def test_overload_over_grpc_is_unavailable_not_internal(tight, tmp_path):
     assert "OK" in codes, codes
     refused = [c for c in codes if c != "OK"]
     assert refused and all(c[0] == grpc.StatusCode.UNAVAILABLE and "overloaded" in c[1] for c in refused), codes
+
+
+def test_the_pods_prestop_waits_until_nothing_is_queued(dep):
+    # deploy/k8s/torchserve.yaml's preStop, run against a live instance's management port.
+    inst = dep.read()["instances"][0]
+    management = f"http://127.0.0.1:{inst['ports']['management']}"
+    assert deploy.pending_requests(management) == 0
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "sane.serving.deploy", "wait-idle", management, "0", "30"],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start < 20

@@ -253,6 +253,33 @@ def wait_in_rotation(dep: Deployment, name: str, timeout: float = 60.0) -> None:
     wait_until(lambda: server_state(dep, name).get("status") == "UP", timeout, f"the gateway to see {name} UP")
 
 
+def pending_requests(management_url: str) -> int:
+    """Requests queued at a TorchServe instance, over all its models (``jobQueueStatus`` of describe)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{management_url}/models", timeout=10) as response:
+        names = [m["modelName"] for m in json.load(response)["models"]]
+    total = 0
+    for name in names:
+        with urllib.request.urlopen(f"{management_url}/models/{name}", timeout=10) as response:
+            for version in json.load(response):
+                total += int((version.get("jobQueueStatus") or {}).get("pendingRequests") or 0)
+    return total
+
+
+def wait_idle(management_url: str, settle: float = 10.0, timeout: float = 300.0, poll: float = 1.0) -> None:
+    """A pod's preStop (deploy/k8s/): wait ``settle`` s for the gateway to stop sending (the pod has left
+    the Service's DNS and fails its checks), then until no request is queued, twice ``poll`` s apart.
+    A batch still running when TorchServe then stops is answered again by another pod: the gateway
+    retries a request whose instance closed the connection (retry-on empty-response)."""
+    time.sleep(settle)
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        quiet = quiet + 1 if pending_requests(management_url) == 0 else 0
+        time.sleep(poll)
+
+
 # -- supervisor ------------------------------------------------------------------------------------
 def supervise(out: str | os.PathLike, poll: float = 1.0) -> None:
     """Restart instances (desired ``up``) whose TorchServe died, and a dead gateway; until SIGTERM."""
@@ -608,7 +635,12 @@ def add_deploy_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=330.0)
 
 
-if __name__ == "__main__":  # the supervisor: python -m sane.serving.deploy supervise OUT
-    if len(sys.argv) != 3 or sys.argv[1] != "supervise":
-        sys.exit("usage: python -m sane.serving.deploy supervise OUT")
-    supervise(sys.argv[2])
+if __name__ == "__main__":
+    # the supervisor: python -m sane.serving.deploy supervise OUT
+    # a pod's preStop: python -m sane.serving.deploy wait-idle MANAGEMENT_URL [SETTLE_S [TIMEOUT_S]]
+    if len(sys.argv) == 3 and sys.argv[1] == "supervise":
+        supervise(sys.argv[2])
+    elif 3 <= len(sys.argv) <= 5 and sys.argv[1] == "wait-idle":
+        wait_idle(sys.argv[2], *map(float, sys.argv[3:]))
+    else:
+        sys.exit("usage: python -m sane.serving.deploy supervise OUT | wait-idle MANAGEMENT_URL [SETTLE_S [TIMEOUT_S]]")

@@ -86,24 +86,71 @@ def template_path() -> Path:
     return repo_root() / "deploy" / "gateway" / "haproxy.cfg.in"
 
 
-def render_config(settings: GatewaySettings, backends: list[Backend], models: list[str], state_dir: str | Path) -> str:
-    """haproxy.cfg for ``backends`` serving ``models``; ``state_dir`` holds the key map and the socket."""
-    state_dir = Path(state_dir)
+def _health_checks(models: list[str]) -> list[str]:
     checks = []
     for model in models:  # one connection per archive, each must show a READY worker
         checks += ["    http-check connect",
                    f"    http-check send meth GET uri /models/{model}",
                    '    http-check expect rstring "status\\":\\s*\\"READY\\""']
+    return checks
+
+
+def _render(settings: GatewaySettings, models: list[str], socket_path: str, keys_map: str, http_servers: list[str],
+            grpc_checks: list[str], grpc_servers: list[str], resolvers: str = "") -> str:
+    return string.Template(template_path().read_text()).substitute(
+        maxconn=settings.maxconn, socket=socket_path, bufsize=settings.bufsize,
+        timeout=settings.timeout, retries=settings.retries, retry_after=settings.retry_after,
+        keys_map=keys_map, bind=settings.bind, port=settings.port, grpc_port=settings.grpc_port,
+        rate_limit=settings.rate_limit, check_interval=settings.check_interval,
+        checks="\n".join(_health_checks(models)), http_servers="\n".join(http_servers),
+        grpc_checks="\n".join(grpc_checks), grpc_servers="\n".join(grpc_servers), resolvers=resolvers,
+    )
+
+
+def render_config(settings: GatewaySettings, backends: list[Backend], models: list[str], state_dir: str | Path) -> str:
+    """haproxy.cfg for ``backends`` serving ``models``; ``state_dir`` holds the key map and the socket.
+    A gRPC server tracks its instance's HTTP server: both leave and join rotation together."""
+    state_dir = Path(state_dir)
     http_servers = [f"    server {b.name} {b.host}:{b.http_port} check port {b.management_port}" for b in backends]
     grpc_servers = [f"    server {b.name} {b.host}:{b.grpc_port} proto h2 track be_http/{b.name}" for b in backends]
-    text = string.Template(template_path().read_text()).substitute(
-        maxconn=settings.maxconn, socket=state_dir / "haproxy.sock", bufsize=settings.bufsize,
-        timeout=settings.timeout, retries=settings.retries, retry_after=settings.retry_after,
-        keys_map=state_dir / KEYS_MAP, bind=settings.bind, port=settings.port, grpc_port=settings.grpc_port,
-        rate_limit=settings.rate_limit, check_interval=settings.check_interval, checks="\n".join(checks),
-        http_servers="\n".join(http_servers), grpc_servers="\n".join(grpc_servers),
-    )
-    return text
+    return _render(settings, models, str(state_dir / "haproxy.sock"), str(state_dir / KEYS_MAP), http_servers, [],
+                   grpc_servers)
+
+
+# Kubernetes (deploy/k8s/): the gateway is its own Deployment; it finds the TorchServe pods through the
+# DNS of a headless Service (one A record per ready pod), up to K8S_MAX_PODS of them.
+K8S_NAMESPACE = "sane"
+K8S_SERVICE = "sane-torchserve"
+K8S_MAX_PODS = 32
+K8S_KEYS_MAP = "/etc/haproxy/keys/keys.map"  # from the Secret sane-gateway-keys
+
+
+def render_kubernetes_config(models: list[str], settings: GatewaySettings | None = None) -> str:
+    """The gateway's haproxy.cfg inside Kubernetes (the ConfigMap of deploy/k8s/gateway.yaml)."""
+    settings = settings or GatewaySettings(bind="0.0.0.0")
+    host = f"{K8S_SERVICE}.{K8S_NAMESPACE}.svc.cluster.local"
+    resolvers = ("# The TorchServe pods: the A records of their headless Service, re-resolved every few seconds.\n"
+                 "resolvers kube\n    parse-resolv-conf\n    hold valid 5s\n    hold obsolete 5s\n")
+    common = "resolvers kube init-addr none check port 8081"
+    http_servers = [f"    server-template ts {K8S_MAX_PODS} {host}:8080 {common}"]
+    # A template cannot `track` another backend's servers: the gRPC backend runs the same checks itself.
+    grpc_checks = ["    option httpchk", *_health_checks(models),
+                   f"    default-server inter {settings.check_interval} fall 2 rise 1"]
+    grpc_servers = [f"    server-template ts {K8S_MAX_PODS} {host}:7070 proto h2 {common}"]
+    return _render(settings, models, "/var/run/haproxy/haproxy.sock", K8S_KEYS_MAP, http_servers, grpc_checks,
+                   grpc_servers, resolvers)
+
+
+def kubernetes_configmap(models: list[str] | None = None) -> str:
+    """deploy/k8s/gateway-config.yaml: the ConfigMap holding :func:`render_kubernetes_config`'s haproxy.cfg.
+    Regenerate it after changing the template: ``python -m sane.serving.gateway > deploy/k8s/gateway-config.yaml``."""
+    from sane.serving.archive import DEFAULT_ARCHIVES
+
+    cfg = render_kubernetes_config(list(models or DEFAULT_ARCHIVES))
+    body = "".join(f"    {line}\n" if line else "\n" for line in cfg.splitlines())
+    return ("# Generated by `python -m sane.serving.gateway` from deploy/gateway/haproxy.cfg.in: do not edit.\n"
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: sane-gateway-config\n  namespace: sane\n"
+            "data:\n  haproxy.cfg: |\n" + body)
 
 
 def haproxy_binary() -> str:
@@ -243,3 +290,7 @@ class KeyStore:
             if len(parts) == 3:
                 out[parts[1]] = parts[2]
         return out
+
+
+if __name__ == "__main__":
+    print(kubernetes_configmap(), end="")
