@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
-# Explain the bundled example pair with curl against a running server (`make demo` or `sane serve`).
-# The inference token is read from TorchServe's key_file.json (token authorization is on in
-# production). Writes out/curl/response.json and the query heat map out/curl/query_heatmap.png.
-#   URL=http://127.0.0.1:8080 KEY_FILE=out/serve/key_file.json clients/curl_example.sh
+# Explain the bundled example pair with curl through the gateway (`make demo` or `sane deploy up`),
+# with an API key from `sane deploy keys add NAME`. Writes out/curl/response.json and the query heat
+# map out/curl/query_heatmap.png.
+#   SANE_API_KEY=$(.venv/bin/sane deploy keys add curl --quiet) clients/curl_example.sh
+#   (URL=http://127.0.0.1:8080 by default; without a key it also works against a bare `sane serve`)
 set -euo pipefail
 URL=${URL:-http://127.0.0.1:8080}
-KEY_FILE=${KEY_FILE:-out/serve/key_file.json}
 OUT=${OUT:-out/curl}
 mkdir -p "$OUT"
 
 AUTH=()
-if [ -f "$KEY_FILE" ]; then
-  TOKEN=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["inference"]["key"])' "$KEY_FILE")
-  AUTH=(-H "Authorization: Bearer $TOKEN")
+if [ -n "${SANE_API_KEY:-}" ]; then
+  AUTH=(-H "Authorization: Bearer $SANE_API_KEY")
 fi
 
 # 1) multipart form: image files and an optional JSON `options` field.

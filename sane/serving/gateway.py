@@ -50,7 +50,7 @@ class GatewaySettings:
     retries: int = 3  # further attempts on another instance
     retry_after: int = 5  # seconds, in Retry-After of 503 and 429 answers
     timeout: int = 310  # s; above TorchServe's default_response_timeout (300)
-    maxconn: int = 1024
+    maxconn: int = 256  # concurrent connections; each carrying a request may hold up to 2 x bufsize
     check_interval: str = "1s"
 
     @classmethod
