@@ -312,13 +312,16 @@ def test_per_key_rate_limit_answers_429_with_retry_after(tight):
 
 def test_overload_answers_503_with_retry_after_and_json(tight):
     url, _ = tight.urls()
-    key = tight.keys.add("burst", tight.socket)
+    n = 12  # a batch of 4 running, 1 queued: the rest overflow. One key each (the rate limit is 6 per key).
+    keys = [tight.keys.add(f"burst-{i}", tight.socket) for i in range(n)]
+    start = threading.Barrier(n)
     q, r = _pair()
     body, content_type = multipart_body({"query": (q, "image/jpeg", "q"), "reference": (r, "image/jpeg", "r"),
                                          "options": (b'{"n_masks": 200, "seed": 3}', "application/json", None)})
     results = []
 
-    def one():
+    def one(key):
+        start.wait()
         request = urllib.request.Request(f"{url}/predictions/saliency", data=body, method="POST", headers={
             "Content-Type": content_type, "Authorization": f"Bearer {key}"})
         try:
@@ -327,7 +330,7 @@ def test_overload_answers_503_with_retry_after_and_json(tight):
         except urllib.error.HTTPError as exc:
             results.append((exc.code, exc.headers, json.loads(exc.read())))
 
-    threads = [threading.Thread(target=one) for _ in range(5)]  # one running, one queued: the rest overflow
+    threads = [threading.Thread(target=one, args=(key,)) for key in keys]
     for t in threads:
         t.start()
     for t in threads:
