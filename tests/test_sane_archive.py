@@ -69,8 +69,12 @@ def _assert_same_ranking(body: dict, expected_result, expected_ranking) -> None:
     assert all(set(e) == EXPLANATION_KEYS for e in served)
     assert [e["attribute"] for e in served] == [e.attribute for e in expected_ranking]
     for got, want in zip(served, expected_ranking):
-        for key in ("score", "confidence", "match", "prior"):
-            assert got[key] == pytest.approx(getattr(want, key), rel=1e-5, abs=1e-7), (got["attribute"], key)
+        # score, confidence and match are computed on the map, which the worker's fused forward makes
+        # equal to the library's within the map tolerance above (the last digits depend on the CPU's
+        # kernels); the prior does not depend on the map.
+        for key in ("score", "confidence", "match"):
+            assert got[key] == pytest.approx(getattr(want, key), rel=1e-3, abs=1e-5), (got["attribute"], key)
+        assert got["prior"] == pytest.approx(want.prior, rel=1e-6, abs=1e-9), got["attribute"]
         assert got["present"] == want.present
 
 
