@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sane.serving.archive import profile_config
 from sane.serving.encoding import decode_npy
 from sane.serving.http_client import HttpClient
 from sane.serving.inprocess import load_handler, payload, run_batch
@@ -102,12 +103,8 @@ def main() -> int:
     workers = n_gpus * args.workers_per_gpu
     print(f"\n2. served: --profile {'cpu' if args.cpu else 'gpu'}, {workers} workers"
           + ("" if args.cpu else f" over {gpus} GPU(s)"))
-    profile = ({"minWorkers": workers, "maxWorkers": workers, "handler": {"device": "cpu", "threads": 1}}
-               if args.cpu else None)
-    if profile is None:
-        from sane.serving.archive import profile_config
-
-        profile = profile_config("gpu", gpus, args.workers_per_gpu)
+    profile = (profile_config("cpu", workers=workers, cores=workers) if args.cpu
+               else profile_config("gpu", gpus, args.workers_per_gpu))
     profile = {**profile, "handler": {**profile["handler"], "max_n_masks": max(args.n_masks, 4000),
                                       "max_cost": max(args.n_masks, 4600)}}
     q, r = (ROOT / "examples" / "query.jpg").read_bytes(), (ROOT / "examples" / "reference.jpg").read_bytes()

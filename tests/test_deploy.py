@@ -53,7 +53,7 @@ def stubs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def expected():
-    """The in-process answers every served one must equal (similarity; the saliency map's options)."""
+    """The in-process similarity of the example pair, which every served answer must equal."""
     q, r = _pair()
     handler, context = load_handler("similarity", config_overrides=ARCHIVE)
     [(status, body)] = run_batch(handler, context, [payload("json", q, r)])

@@ -126,9 +126,7 @@ class BankCache:
         with self._lock:
             if size <= self.max_bytes:
                 self._items[key] = value
-                self._items.move_to_end(key)
-                while self.nbytes > self.max_bytes:
-                    self._items.popitem(last=False)
+                self._evict()
         return value
 
     def resize(self, max_bytes: int) -> None:
@@ -136,12 +134,11 @@ class BankCache:
             raise ValueError(f"a mask cache of {max_bytes} bytes")
         with self._lock:
             self.max_bytes = int(max_bytes)
-            while self._items and self.nbytes > self.max_bytes:
-                self._items.popitem(last=False)
+            self._evict()
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+    def _evict(self) -> None:
+        while self._items and self.nbytes > self.max_bytes:
+            self._items.popitem(last=False)
 
 
 # Every cached bank of the process (RISE banks, occlusion windows): 512 MiB unless the serving

@@ -93,32 +93,36 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
 PROFILES = ("cpu", "gpu")
 
 
-def profile_config(profile: str, gpus: int = 1, workers_per_gpu: int = 2, workers: int | None = None,
-                   cores: int | None = None) -> dict[str, Any]:
+def _positive(name: str, value: Any, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer in 1..{high}, got {value!r}" if high is not None
+                         else f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def profile_config(profile: str, gpus: int | None = None, workers_per_gpu: int | None = None,
+                   workers: int | None = None, cores: int | None = None) -> dict[str, Any]:
     """Model-config keys that suit the target (``sane archive --profile``), to merge under ``--set``.
 
-    ``gpu``: ``gpus`` x ``workers_per_gpu`` workers, TorchServe spreading them round-robin over
-    ``deviceIds`` 0..gpus-1 (each worker pins itself to its ``gpu_id``); larger forward and request
-    batches, fp16 autocast, NHWC, one CPU thread per worker (its CPU work is decoding and encoding).
-    ``cpu``: ``workers`` workers (default: one per 4 cores) of ``cores // workers`` threads each, so
-    threads x workers <= cores (``cores``: the target machine's, default this one's)."""
+    ``gpu``: ``gpus`` (default 1) x ``workers_per_gpu`` (default 2) workers, TorchServe spreading them
+    round-robin over ``deviceIds`` 0..gpus-1 (each worker pins itself to its ``gpu_id``); larger
+    forward and request batches, fp16 autocast, NHWC, one CPU thread per worker (its CPU work is
+    decoding and encoding). ``cpu``: ``workers`` workers (default: one per 4 cores) of
+    ``cores // workers`` threads each, so threads x workers <= cores (``cores``: the target machine's,
+    default this one's). Arguments of the other profile are refused."""
     if profile == "gpu":
         if workers is not None or cores is not None:
             raise ValueError("--workers and --cores are for --profile cpu; on GPU use --gpus and --workers-per-gpu")
-        for name, value in (("--gpus", gpus), ("--workers-per-gpu", workers_per_gpu)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        n = gpus * workers_per_gpu
+        gpus = _positive("--gpus", 1 if gpus is None else gpus)
+        n = gpus * _positive("--workers-per-gpu", 2 if workers_per_gpu is None else workers_per_gpu)
         return {"minWorkers": n, "maxWorkers": n, "deviceType": "gpu", "deviceIds": list(range(gpus)),
                 "batchSize": 8, "maxBatchDelay": 20,
                 "handler": {"device": "auto", "batch_size": 500, "amp": True, "channels_last": True, "threads": 1}}
     if profile == "cpu":
-        cores = cores if cores is not None else (os.cpu_count() or 1)
-        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-            raise ValueError(f"--cores must be an integer >= 1, got {cores!r}")
-        workers = workers if workers is not None else max(1, cores // 4)
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= cores:
-            raise ValueError(f"--workers must be an integer in 1..{cores} (the cores), got {workers!r}")
+        if gpus is not None or workers_per_gpu is not None:
+            raise ValueError("--gpus and --workers-per-gpu are for --profile gpu")
+        cores = _positive("--cores", cores if cores is not None else (os.cpu_count() or 1))
+        workers = _positive("--workers", workers if workers is not None else max(1, cores // 4), high=cores)
         return {"minWorkers": workers, "maxWorkers": workers, "deviceType": "cpu",
                 "handler": {"device": "cpu", "threads": cores // workers}}
     raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")

@@ -39,15 +39,12 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     from sane.serving.archive import build_archive, merge_config, profile_config
 
     overrides = _overrides(args.set)
-    gpu_args = {k: v for k, v in (("gpus", args.gpus), ("workers_per_gpu", args.workers_per_gpu)) if v is not None}
-    cpu_args = {k: v for k, v in (("workers", args.workers), ("cores", args.cores)) if v is not None}
+    sizes = {"gpus": args.gpus, "workers_per_gpu": args.workers_per_gpu, "workers": args.workers, "cores": args.cores}
     if args.profile is not None:
-        if args.profile == "cpu" and gpu_args:
-            raise ValueError("--gpus and --workers-per-gpu are for --profile gpu")
-        profile = profile_config(args.profile, **gpu_args, **cpu_args)
+        profile = profile_config(args.profile, **sizes)
         overrides = merge_config(profile, overrides)  # --set wins over the profile
         print(f"profile {args.profile}: {_describe_profile(profile)}")
-    elif gpu_args or cpu_args:
+    elif any(v is not None for v in sizes.values()):
         raise ValueError("--gpus, --workers-per-gpu, --workers and --cores need --profile gpu or cpu")
     if args.name is not None and len(args.names) != 1:
         raise ValueError("--name names one archive: build one kind (similarity, saliency or sane) at a time")

@@ -16,7 +16,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -43,9 +42,6 @@ def default_stubs_dir() -> Path:
     return repo_root() / "build" / f"grpc-ts{ts_version}"
 
 
-_BUILD_LOCK = threading.Lock()
-
-
 def _stubs_present(out: Path) -> bool:
     # The *_pb2_grpc.py files are moved in last: when they are there, everything is.
     return all((out / f"{p[:-6]}_pb2_grpc.py").is_file() for p in PROTOS)
@@ -55,14 +51,14 @@ def build_stubs(out_dir: str | os.PathLike | None = None, force: bool = False) -
     """Generate ``inference_pb2(_grpc).py`` and ``management_pb2(_grpc).py`` in ``out_dir`` from the
     protos inside the TorchServe jar; returns ``out_dir``. Skips the work when they are already there.
 
-    Safe when many threads or processes create clients at once: one builds (a thread lock and a file
-    lock), in a private directory, then moves the files in, the ``_grpc`` modules last; the others
-    wait and find them complete."""
+    Safe when many threads or processes create clients at once: one builds under a file lock (``flock``
+    holds between threads too: each opens its own file description), in a private directory, then
+    moves the files in, the ``_grpc`` modules last; the others wait and find them complete."""
     out = Path(out_dir) if out_dir is not None else default_stubs_dir()
     if not force and _stubs_present(out):
         return out
     out.mkdir(parents=True, exist_ok=True)
-    with _BUILD_LOCK, open(out / ".build.lock", "w") as lock:
+    with open(out / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and _stubs_present(out):
             return out  # another thread or process built them while this one waited

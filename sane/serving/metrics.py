@@ -28,7 +28,7 @@ class HandlerMetrics:
 
     def __init__(self, context):
         self.model_name = getattr(context, "model_name", "model")
-        self._gauges = {}
+        self._metrics = {}
         cache = getattr(context, "metrics", None)
         if cache is None:
             return
@@ -38,19 +38,19 @@ class HandlerMetrics:
             for name, unit, kind in ((LATENCY, "ms", MetricTypes.GAUGE), (MASKS_PER_SECOND, "count", MetricTypes.GAUGE),
                                      (BATCH_SIZE, "count", MetricTypes.GAUGE),
                                      (LATENCY_HISTOGRAM, "s", MetricTypes.HISTOGRAM)):
-                self._gauges[name] = cache.add_metric_to_cache(
+                self._metrics[name] = cache.add_metric_to_cache(
                     metric_name=name, unit=unit, dimension_names=list(DIMENSIONS), metric_type=kind
                 )
         except Exception:  # metrics must never take a worker down
             logger.warning("custom metrics unavailable", exc_info=True)
-            self._gauges = {}
+            self._metrics = {}
 
     def _update(self, name: str, value: float) -> None:
-        gauge = self._gauges.get(name)
-        if gauge is None:
+        metric = self._metrics.get(name)
+        if metric is None:
             return
         try:
-            gauge.add_or_update(float(value), [self.model_name, "Model"])
+            metric.add_or_update(float(value), [self.model_name, "Model"])
         except Exception:
             logger.warning("could not record metric %s", name, exc_info=True)
 

@@ -6,6 +6,7 @@ than ignored, so a typo never silently changes what is computed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -124,27 +125,26 @@ GENERATOR_OPTIONS = ("grid", "p", "n_reference_masks", "substrate")
 BACKWARD_FACTOR = 3
 
 
-def _size_default(method: str) -> int | None:
-    """The generator's own default of its size option (LIME's samples, the mask's iterations)."""
-    name = SIZE_OPTIONS.get(method)
-    if name is None:
-        return None
+@functools.cache
+def _generator_default(method: str, name: str) -> int:
+    """A generator's own default of one constructor argument (its size, windows per side, ...)."""
     return int(inspect.signature(GENERATORS[method].__init__).parameters[name].default)
 
 
 def request_cost(method: str, mode: str, n_masks: int | None, generator: dict[str, Any]) -> int:
     """Forward-pass equivalents one request costs (what ``handler.max_cost`` bounds)."""
     both = mode == "both"
-    size = n_masks if n_masks is not None else _size_default(method)
+    size = n_masks
+    if size is None and method in SIZE_OPTIONS:
+        size = _generator_default(method, SIZE_OPTIONS[method])
     if method == "rise":
-        return size + (generator.get("n_reference_masks", 30) if both else 0)
+        return size + (generator.get("n_reference_masks", _generator_default(method, "n_reference_masks")) if both else 0)
     if method == "lime":
         return size * (2 if both else 1)
     if method == "mask":
         return BACKWARD_FACTOR * size * (2 if both else 1)
     if method == "sliding_window":
-        side = inspect.signature(GENERATORS[method].__init__).parameters["windows_per_side"].default
-        return side * side * (2 if both else 1)
+        return _generator_default(method, "windows_per_side") ** 2 * (2 if both else 1)
     return 1  # random: no forward pass beyond the pair's
 
 
@@ -154,7 +154,7 @@ def check_cost(method: str, mode: str, n_masks: int | None, generator: dict[str,
     if cost > config.max_cost:
         sized = method in SIZE_OPTIONS  # the protocol's n_masks sizes it
         field = "n_masks" if sized else ("mode" if mode == "both" else "method")
-        size = f", n_masks {n_masks if n_masks is not None else _size_default(method)}" if sized else ""
+        size = f", n_masks {n_masks or _generator_default(method, SIZE_OPTIONS[method])}" if sized else ""
         raise RequestError(
             f"{field}: this request costs {cost} forward passes (method {method}, mode {mode}{size}), above the "
             f"server's max_cost of {config.max_cost}; lower {field}" + (" or use mode fixed" if mode == "both" else ""),
