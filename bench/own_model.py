@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         embedder(batch)
     plain = (time.perf_counter() - start) / (max(1, args.masks // args.batch_size) * args.batch_size)
 
-    explainer = RISE(loaded.model, n_masks=args.masks, batch_size=args.batch_size, amp=args.amp)
-    explainer.explain(image, image)  # warm-up (mask bank, allocator)
+    generator = RISE(loaded.model, n_masks=args.masks, batch_size=args.batch_size, amp=args.amp)
+    generator.explain(image, image)  # warm-up (mask bank, allocator)
     start = time.perf_counter()
-    explainer.explain(image, image)
+    generator.explain(image, image)
     rise = (time.perf_counter() - start) / args.masks
     print(f"{args.model} at {size} px on {args.device} ({torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{'amp' if args.amp else 'fp32'}), {loaded.checks['dim']}-d embeddings")

@@ -253,7 +253,7 @@ def main() -> None:
     bs = args.batch_size or best_batch_size(model, pairs[0][0].to(dev))
     log(f"device {args.device}, torch threads {torch.get_num_threads()}, batch size {bs}")
 
-    explainers = {
+    generators = {
         "sliding_window": SlidingWindow(model, batch_size=bs, seed=args.seed),
         "lime": LIME(model, n_samples=args.n_samples, batch_size=bs, seed=args.seed),
         "mask": LearnedMask(model, iterations=args.iterations, seed=args.seed, perturbation=args.mask_perturbation),
@@ -262,7 +262,7 @@ def main() -> None:
     }
     # Warm-up on pair 0: mask banks, lazy imports (scikit-image, scikit-learn), allocator.
     q0, r0 = pairs[0][0], pairs[0][1]
-    for name, ex in explainers.items():
+    for name, ex in generators.items():
         if name == "mask":
             LearnedMask(model, iterations=3, perturbation=args.mask_perturbation).explain(q0, r0, mode="both")
         else:
@@ -276,7 +276,7 @@ def main() -> None:
     lime_segments = []
     for i, (q, r, _, _) in enumerate(pairs):
         for name, mode in ROWS:
-            result, sec = timed(explainers[name].explain, q, r, mode=mode)
+            result, sec = timed(generators[name].explain, q, r, mode=mode)
             seconds[(name, mode)].append(sec)
             maps[(name, mode)].append(result.query_map)
             if mode == "both":
@@ -332,18 +332,18 @@ def main() -> None:
                         "mask_perturbation": args.mask_perturbation},
               "table1": table1, "quality": quality}
     if not args.skip_peers:
-        report["peers"] = run_peers(args, model, pairs[: args.peer_pairs], explainers, lime_segments, bs)
+        report["peers"] = run_peers(args, model, pairs[: args.peer_pairs], generators, lime_segments, bs)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(_finite(report), indent=2) + "\n")
         log(f"wrote {args.out}")
 
 
-def run_peers(args, model, pairs, explainers, lime_segments, bs) -> dict:
+def run_peers(args, model, pairs, generators, lime_segments, bs) -> dict:
     """Time and compare our maps with Captum's and TorchRay's on the same pairs and settings."""
     versions = peer_versions()
     dev = torch.device(args.device)
-    sw, lime, rise = explainers["sliding_window"], explainers["lime"], explainers["rise"]
+    sw, lime, rise = generators["sliding_window"], generators["lime"], generators["rise"]
     rise_opts = {"n_masks": args.n_masks, "grid": args.grid, "p": args.p, "batch_size": bs, "seed": args.seed}
     rise_amp = RISE(model, **rise_opts, amp=True)
     # The library's inference options: BN folded into the convs + NHWC, in fp32 and with bf16 autocast.

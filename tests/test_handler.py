@@ -18,11 +18,10 @@ import torch
 from conftest import CountingModel, RegionModel
 from PIL import Image
 
-from sane.explain.pair import make_explainer
+from sane.saliency import make_generator
 from sane.images import load_image
 from sane.models import Embedder, load_similarity
 from sane.serving.archive import build_archive
-from sane.serving.batch_explain import explain_pairs, streams_batches
 from sane.serving.encoding import decode_npy
 from sane.serving.inprocess import load_handler, payload, run_batch
 from sane.serving.request import RequestError, parse_pair_request
@@ -80,8 +79,8 @@ def _served_speed_options() -> dict:
 
 def _expected(library, query: bytes, reference: bytes, method="rise", mode="fixed", n_masks=100, seed=0, **kw):
     model, preprocess = library
-    explainer = make_explainer(model, method, n_masks, seed=seed, batch_size=64, **_served_speed_options(), **kw)
-    return explainer.explain(load_image(query, preprocess), load_image(reference, preprocess), mode=mode)
+    generator = make_generator(model, method, n_masks=n_masks, seed=seed, batch_size=64, **_served_speed_options(), **kw)
+    return generator.explain(load_image(query, preprocess), load_image(reference, preprocess), mode=mode)
 
 
 def _assert_maps_match(body: dict, expected) -> None:
@@ -158,8 +157,8 @@ def test_every_registered_generator_is_served(saliency, library, method, mode, s
     assert status == 200, body
     assert body["method"] == method
     model, preprocess = library
-    explainer = make_explainer(model, method, seed=2, batch_size=64, **_served_speed_options(), **{size: 8})
-    _assert_maps_match(body, explainer.explain(load_image(q, preprocess), load_image(r, preprocess), mode=mode))
+    generator = make_generator(model, method, seed=2, batch_size=64, **_served_speed_options(), **{size: 8})
+    _assert_maps_match(body, generator.explain(load_image(q, preprocess), load_image(r, preprocess), mode=mode))
 
 
 def _bomb() -> bytes:
@@ -208,7 +207,7 @@ def test_a_batch_with_bad_requests_answers_each_on_its_own(saliency, library):
         ({"outputs": ["pdf"]}, "options.outputs"),
         ({"n_reference_masks": 10_000}, "options.n_reference_masks"),
         ({"method": "sliding_window", "n_masks": 100}, "options.n_masks"),  # a fixed number of windows
-        ({"method": "lime", "mode": "both"}, "options.mode"),  # refused by the library's LIME
+        ({"method": "lime", "mode": "both"}, "options.mode"),  # LIME declares mode fixed only
     ],
 )
 def test_bad_options_are_400_naming_the_field(saliency, options, field):
@@ -274,11 +273,11 @@ def test_batched_stream_equals_request_by_request(method, mode):
     references = [torch.randn(3, 64, 64, generator=gen) for _ in range(4)]
     model = RegionModel(BOX).eval()
     small = {"windows_per_side": 10, "reference_windows_per_side": 4} if method == "sliding_window" else {}
-    explainer = make_explainer(model, method, 150, seed=11, batch_size=48, **small)
-    assert streams_batches(explainer)
-    batched = explain_pairs(explainer, queries, references, mode)
+    generator = make_generator(model, method, n_masks=150, seed=11, batch_size=48, **small)
+    assert generator.shares_stream
+    batched = generator.explain_pairs(queries, references, mode)
     for q, r, got in zip(queries, references, batched):
-        want = explainer.explain(q, r, mode=mode)
+        want = generator.explain(q, r, mode=mode)
         torch.testing.assert_close(got.query_map, want.query_map, rtol=1e-5, atol=1e-6)
         assert got.similarity == pytest.approx(want.similarity, abs=1e-6)
         if mode == "both":
@@ -294,7 +293,7 @@ def test_batched_stream_is_one_stream_over_the_distinct_queries():
     references = [torch.randn(3, 64, 64, generator=gen) for _ in range(4)]
     counter = CountingModel(RegionModel(BOX)).eval()
     n, bs = 200, 60
-    explain_pairs(make_explainer(counter, "rise", n, seed=0, batch_size=bs), queries, references, "fixed")
+    make_generator(counter, "rise", n_masks=n, seed=0, batch_size=bs).explain_pairs(queries, references, "fixed")
     # One batch of the 3 + 4 unmodified images, then N masks x 3 distinct queries, 20 masks per batch:
     # N*U forward passes in full batches of bs, instead of 4 requests x N passes in 4 separate streams.
     assert counter.batches[0] == 7
@@ -391,14 +390,14 @@ def test_configured_methods_restrict_the_generators(tmp_path):
 
 def test_a_failing_group_does_not_fail_the_rest_of_the_batch(saliency, monkeypatch):
     handler, context = saliency
-    original = handler.make_explainer
+    original = handler.make_generator
 
     def broken(options):
         if options.method == "random":
             raise RuntimeError("generator crashed")
         return original(options)
 
-    monkeypatch.setattr(handler, "make_explainer", broken)
+    monkeypatch.setattr(handler, "make_generator", broken)
     q, r = _bytes("query.jpg"), _bytes("reference.jpg")
     results = run_batch(handler, context, [payload("multipart", q, r, {"method": "random"}),
                                            payload("multipart", q, r, {"n_masks": 30})])
@@ -412,8 +411,8 @@ def test_a_failing_group_does_not_fail_the_rest_of_the_batch(saliency, monkeypat
     [
         ({"method": "mask", "n_masks": 4000, "mode": "both"}, "options.n_masks"),  # ~24,000 forward passes
         ({"method": "mask", "n_masks": 2000}, "options.n_masks"),
-        ({"method": "lime", "n_masks": 4000, "mode": "both"}, "options.n_masks"),
-        ({"method": "sliding_window", "mode": "both"}, "options.mode"),  # within the default, not within 1000
+        ({"method": "lime", "n_masks": 2000}, "options.n_masks"),  # within the default, not within 1000
+        ({"method": "sliding_window", "mode": "both"}, "options.mode"),  # likewise
     ],
 )
 def test_costly_options_within_the_caps_are_400_naming_the_option(options, field):
@@ -421,7 +420,7 @@ def test_costly_options_within_the_caps_are_400_naming_the_option(options, field
     from sane.serving.config import ServingConfig
     from sane.serving.options import validate_saliency_options
 
-    config = ServingConfig(max_cost=1000) if options.get("method") == "sliding_window" else ServingConfig()
+    config = ServingConfig(max_cost=1000) if options.get("method") in ("lime", "sliding_window") else ServingConfig()
     with pytest.raises(RequestError) as err:
         validate_saliency_options(options, config)
     assert err.value.field == field and "max_cost" in str(err.value) and "forward passes" in str(err.value)

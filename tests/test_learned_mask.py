@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import RegionModel, inside
 
 from sane.errors import InputError
-from sane.explain.pair import make_explainer
+from sane.saliency import make_generator
 from sane.saliency import GENERATORS, LearnedMask
 from sane.saliency.learned_mask import total_variation
 
@@ -59,10 +59,10 @@ def test_learned_mask_wins_the_deletion_game(pair):
     while deleting well under half of it; blurring as much elsewhere changes nothing."""
     query, reference = pair
     model = RegionModel(BOX).eval()
-    explainer = LearnedMask(model, iterations=ITERATIONS, noise=0.0)
-    sal = explainer.explain(query, reference).query_map
-    blurred = explainer.background(query)
-    embed = explainer.embedder
+    generator = LearnedMask(model, iterations=ITERATIONS, noise=0.0)
+    sal = generator.explain(query, reference).query_map
+    blurred = generator.background(query)
+    embed = generator.embedder
     r = embed(reference[None])[0]
 
     def similarity(image):
@@ -149,10 +149,10 @@ def test_bad_options_raise_input_errors():
         LearnedMask(model, iterations=1).explain(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), mode="joint")
 
 
-def test_registered_and_sized_by_make_explainer():
+def test_registered_and_sized_by_make_generator():
     model = RegionModel(BOX).eval()
     assert GENERATORS["mask"] is LearnedMask
-    explainer = make_explainer(model, "mask", iterations=42, seed=3, batch_size=8)
-    assert explainer.iterations == 42 and explainer.seed == 3
-    default = make_explainer(model, "mask")
+    generator = make_generator(model, "mask", iterations=42, seed=3, batch_size=8)
+    assert generator.iterations == 42 and generator.seed == 3
+    default = make_generator(model, "mask")
     assert (default.iterations, default.lr, default.mask_size) == (500, 0.1, 14)  # the paper's settings

@@ -9,7 +9,7 @@ import torch
 from conftest import CountingModel, RegionModel
 
 from sane.errors import InputError
-from sane.explain.pair import make_explainer
+from sane.saliency import make_generator
 from sane.saliency import GENERATORS, LIME
 from sane.saliency.lime import kernel_weights, superpixels, to_rgb
 
@@ -64,13 +64,13 @@ def test_k_references_cost_n_passes_streamed_and_match_single_maps(blocks64):
     counter = CountingModel(RegionModel(BOX)).eval()
     gen = torch.Generator().manual_seed(3)
     refs = blocks64[None] + 0.5 * torch.randn((3, 3, 64, 64), generator=gen)
-    explainer = LIME(counter, n_samples=200, batch_size=64)
-    batch = explainer.explain(blocks64, refs)
+    generator = LIME(counter, n_samples=200, batch_size=64)
+    batch = generator.explain(blocks64, refs)
     assert sum(counter.batches) == 200 + 1 + 3  # samples + the unmodified query and references
     assert max(counter.batches) <= 64
     assert batch.query_map.shape == (3, 64, 64) and batch.similarity.shape == (3,)
     for k in range(3):
-        single = explainer.explain(blocks64, refs[k])
+        single = generator.explain(blocks64, refs[k])
         torch.testing.assert_close(batch.query_map[k], single.query_map, rtol=1e-3, atol=1e-5)
 
 
@@ -118,9 +118,9 @@ def test_lime_refuses_both_mode_and_bad_options(blocks64):
         assert info.value.field == field
 
 
-def test_registered_and_sized_by_make_explainer():
+def test_registered_and_sized_by_make_generator():
     model = RegionModel(BOX).eval()
     assert GENERATORS["lime"] is LIME
-    assert make_explainer(model, "lime", n_samples=123).n_samples == 123
-    assert make_explainer(model, "lime").n_samples == 1000  # the paper's default
-    assert make_explainer(model, "rise", 77).n_masks == 77  # the old positional n_masks still sizes RISE
+    assert make_generator(model, "lime", n_samples=123).n_samples == 123
+    assert make_generator(model, "lime").n_samples == 1000  # the paper's default
+    assert make_generator(model, "rise", n_masks=77, n_samples=5).n_masks == 77  # only the method's own size applies

@@ -1,4 +1,4 @@
-"""Conv-BN fusion: the fused model computes the same function (and gradients), explainers built with
+"""Conv-BN fusion: the fused model computes the same function (and gradients), generators built with
 ``fuse=True`` give the same maps, and what cannot be fused is refused or passed through with a warning."""
 
 from __future__ import annotations

@@ -273,9 +273,9 @@ def test_a_distance_in_both_mode_averages_over_every_masked_reference(image64):
     net = RegionModel((8, 40, 8, 40))
     model = DeclaredEmbedding(net, EmbeddingSpec(similarity="euclidean")).eval()
     reference = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(3))
-    explainer = RISE(model, n_masks=40, n_reference_masks=6, batch_size=16, seed=2)
-    result = explainer.explain(image64, reference, mode="both")
-    qm, rm = explainer.query_masks((64, 64)), explainer.reference_masks((64, 64))
+    generator = RISE(model, n_masks=40, n_reference_masks=6, batch_size=16, seed=2)
+    result = generator.explain(image64, reference, mode="both")
+    qm, rm = generator.query_masks((64, 64)), generator.reference_masks((64, 64))
     with torch.inference_mode():
         eq = net(image64 * qm[:, None])  # substrate "mean" is 0
         er = net(reference * rm[:, None])
@@ -331,9 +331,9 @@ def test_a_large_mask_bank_is_streamed_and_gives_the_same_map(monkeypatch, image
     model = RegionModel((8, 40, 8, 40))
     whole = RISE(model, n_masks=300, batch_size=64, seed=5).explain(image64, image64).query_map
     monkeypatch.setattr("sane.saliency.masks.MAX_BANK_BYTES", 0)
-    explainer = RISE(model, n_masks=300, batch_size=64, seed=5)
-    assert isinstance(explainer.query_masks((64, 64)), RiseMaskStream)
-    torch.testing.assert_close(explainer.explain(image64, image64).query_map, whole, rtol=1e-5, atol=1e-6)
+    generator = RISE(model, n_masks=300, batch_size=64, seed=5)
+    assert isinstance(generator.query_masks((64, 64)), RiseMaskStream)
+    torch.testing.assert_close(generator.explain(image64, image64).query_map, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_the_sliding_window_scales_with_the_input_size():

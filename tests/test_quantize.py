@@ -39,11 +39,11 @@ def test_int8_rise_on_the_bundled_model_is_close_to_fp32_and_leaves_the_model_al
     int8 = RISE(model, n_masks=300, seed=1, batch_size=64, channels_last=True, quantize=True)
     assert not int8.embedder.calibrated
     result = int8.explain(q, r)
-    assert int8.embedder.calibrated and _quantized_modules(int8.model), "the explainer must run an int8 model"
+    assert int8.embedder.calibrated and _quantized_modules(int8.model), "the generator must run an int8 model"
     assert not _quantized_modules(model) and next(model.parameters()).dtype == torch.float32
     assert result.similarity == pytest.approx(plain.similarity, abs=1e-2)
     assert _corr(result.query_map, plain.query_map) > 0.98
-    # The calibration is kept: a second map with the same explainer uses the same int8 model.
+    # The calibration is kept: a second map with the same generator uses the same int8 model.
     quantized = int8.model
     again = int8.explain(q, r)
     assert int8.model is quantized
@@ -74,9 +74,9 @@ def test_int8_maps_peak_on_the_region_the_model_sees_and_are_seeded(blocks64, on
     box[BOX[0] : BOX[1], BOX[2] : BOX[3]] = True
     for make in (lambda: RISE(model, n_masks=400, grid=8, batch_size=100, seed=5, quantize=True),
                  lambda: LIME(model, n_samples=300, batch_size=100, seed=5, quantize=True, segmentation="slic")):
-        explainer = make()
-        first, second = explainer.explain(q, r), make().explain(q, r)
-        assert _quantized_modules(explainer.model)
+        generator = make()
+        first, second = generator.explain(q, r), make().explain(q, r)
+        assert _quantized_modules(generator.model)
         torch.testing.assert_close(first.query_map, second.query_map, rtol=0, atol=0)
         top = first.query_map >= first.query_map.max() - 1e-6  # RISE: the peak pixel; LIME: its best region
         assert float(box[top].float().mean()) > 0.5, f"{first.method} int8 map peaks outside the region"

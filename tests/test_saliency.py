@@ -29,8 +29,8 @@ def test_rise_peaks_on_the_region_the_model_uses(image64, mode):
     model = RegionModel(BOX).eval()
     reference = image64 + 0.3 * torch.randn(image64.shape, generator=torch.Generator().manual_seed(2))
     # 30 reference masks (the paper's default) are too few for a sharp reference map: use more here.
-    explainer = RISE(model, n_masks=400, n_reference_masks=300, batch_size=64)
-    result = explainer.explain(image64, reference, mode=mode)
+    generator = RISE(model, n_masks=400, n_reference_masks=300, batch_size=64)
+    result = generator.explain(image64, reference, mode=mode)
     assert result.query_map.shape == (64, 64)
     assert _peak_inside(result.query_map) and _contrast(result.query_map) > 0
     if mode == "both":
@@ -53,11 +53,11 @@ def test_sliding_window_peaks_on_the_region_the_model_uses(image64, mode):
 
 def test_deleting_the_salient_region_drops_similarity_more_than_deleting_elsewhere(image64):
     model = RegionModel(BOX).eval()
-    explainer = RISE(model, n_masks=300, batch_size=100)
-    saliency = explainer.explain(image64, image64.clone()).query_map
+    generator = RISE(model, n_masks=300, batch_size=100)
+    saliency = generator.explain(image64, image64.clone()).query_map
     top = saliency >= saliency.flatten().kthvalue(int(0.9 * saliency.numel())).values
     bottom = saliency <= saliency.flatten().kthvalue(int(0.1 * saliency.numel())).values
-    embed = explainer.embedder
+    embed = generator.embedder
     ref = embed(image64[None])[0]
     drop_top = 1 - float(embed((image64 * ~top)[None])[0] @ ref)
     drop_bottom = 1 - float(embed((image64 * ~bottom)[None])[0] @ ref)
@@ -78,15 +78,15 @@ def test_k_references_cost_n_passes_and_match_single_reference_maps(image64):
     counter = CountingModel(RegionModel(BOX)).eval()
     gen = torch.Generator().manual_seed(3)
     refs = image64[None] + 0.5 * torch.randn((5, 3, 64, 64), generator=gen)
-    explainer = RISE(counter, n_masks=120, batch_size=40)
-    batch = explainer.explain(image64, refs)
+    generator = RISE(counter, n_masks=120, batch_size=40)
+    batch = generator.explain(image64, refs)
     assert sum(counter.batches) == 120 + 1 + 5
     assert batch.query_map.shape == (5, 64, 64) and batch.similarity.shape == (5,)
     for k in range(5):
-        single = explainer.explain(image64, refs[k])
+        single = generator.explain(image64, refs[k])
         torch.testing.assert_close(batch.query_map[k], single.query_map, rtol=1e-4, atol=1e-5)
         assert abs(float(batch.similarity[k]) - single.similarity) < 1e-5
-    both = explainer.explain(image64, refs[:2], mode="both")
+    both = generator.explain(image64, refs[:2], mode="both")
     assert both.query_map.shape == (2, 64, 64) and both.reference_map.shape == (2, 64, 64)
 
 
@@ -152,14 +152,14 @@ def test_bad_input_raises_clear_errors(image64):
         RISE(model, p=1.5)
     with pytest.raises(InputError, match="batch_size"):
         RISE(model, batch_size=0)
-    explainer = RISE(model, n_masks=10)
+    generator = RISE(model, n_masks=10)
     with pytest.raises(InputError, match="resize both"):
-        explainer.explain(image64, torch.zeros(3, 32, 32))
+        generator.explain(image64, torch.zeros(3, 32, 32))
     with pytest.raises(InputError, match=r"query must be \(3, H, W\)"):
-        explainer.explain(torch.zeros(1, 64, 64), image64)
+        generator.explain(torch.zeros(1, 64, 64), image64)
     with pytest.raises(InputError, match="reference must be"):
-        explainer.explain(image64, torch.zeros(2, 4, 64, 64))
+        generator.explain(image64, torch.zeros(2, 4, 64, 64))
     with pytest.raises(InputError, match="mode"):
-        explainer.explain(image64, image64, mode="joint")
+        generator.explain(image64, image64, mode="joint")
     with pytest.raises(InputError, match="float tensor"):
-        explainer.explain(image64.to(torch.uint8), image64)
+        generator.explain(image64.to(torch.uint8), image64)

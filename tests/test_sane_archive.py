@@ -14,7 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from sane.explain.pair import make_explainer, rank_attributes
+from sane.explain.pair import rank_attributes
+from sane.saliency import make_generator
 from sane.images import load_image, open_image
 from sane.models import load_similarity
 from sane.serving.archive import ARCHIVES, DEFAULT_ARCHIVES, build_archive
@@ -56,8 +57,8 @@ def library():
 def _expected(library, query: bytes, reference: bytes, top_k: int, n_masks: int = 64, seed: int = 0, mode="fixed", **kw):
     """The library's result: the RISE maps, then `rank_attributes` (the `sane explain` path) on the query map."""
     model, preprocess = library
-    explainer = make_explainer(model, "rise", n_masks, seed=seed, batch_size=64, **kw)
-    result = explainer.explain(load_image(query, preprocess), load_image(reference, preprocess), mode=mode)
+    generator = make_generator(model, "rise", n_masks=n_masks, seed=seed, batch_size=64, **kw)
+    result = generator.explain(load_image(query, preprocess), load_image(reference, preprocess), mode=mode)
     return result, rank_attributes(open_image(query), result.query_map, top_k)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sane.data import LabelledImageDataset, open_dataset
-from sane.explain.pair import make_explainer
+from sane.saliency import make_generator
 from sane.images import Preprocess
 from sane.metrics import insertion_deletion, mass_inside, pointing_game
 
@@ -54,14 +54,14 @@ def evaluate_saliency(
     tensor_pairs = [(items[q]["image"], items[r]["image"]) for q, r in pairs]
     table = {}
     for name in methods:
-        explainer = make_explainer(
-            model, name, n_masks, n_samples=n_samples, iterations=iterations, batch_size=batch_size, seed=seed,
+        generator = make_generator(
+            model, name, n_masks=n_masks, n_samples=n_samples, iterations=iterations, batch_size=batch_size, seed=seed,
             preprocess=preprocess,
         )
         maps, seconds = [], []
         for q, r in tqdm(tensor_pairs, desc=f"explaining ({name})", disable=not progress):
             start = time.perf_counter()
-            maps.append(explainer.explain(q, r).query_map)
+            maps.append(generator.explain(q, r).query_map)
             seconds.append(time.perf_counter() - start)
         scores = insertion_deletion(model, tensor_pairs, maps, substrate=substrate, preprocess=preprocess)
         masks = [items[q]["mask"] for q, _ in pairs]

@@ -18,38 +18,7 @@ from sane.heatmap import save_overlay
 from sane.images import Preprocess, open_image
 from sane.models import load_similarity
 from sane.models.attributes import load_attributes
-from sane.saliency import GENERATORS, SaliencyResult
-
-# Each generator's own size option: how many perturbations (or steps) one map costs.
-SIZE_OPTIONS = {"rise": "n_masks", "lime": "n_samples", "mask": "iterations"}
-
-
-def make_explainer(
-    model: nn.Module,
-    method: str,
-    n_masks: int = 2000,
-    *,
-    n_samples: int | None = None,
-    iterations: int | None = None,
-    preprocess: Preprocess | None = None,
-    **options,
-):
-    """A generator by name with the options that apply to it.
-
-    ``n_masks`` is RISE's, ``n_samples`` LIME's and ``iterations`` the learned mask's (each left at
-    its generator's default when None); the other size options are ignored by methods they do not fit.
-    ``preprocess`` gives LIME the model's mean/std (its superpixels are computed on the RGB image).
-    """
-    if method not in GENERATORS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(GENERATORS)}", "method")
-    sizes = {"n_masks": n_masks, "n_samples": n_samples, "iterations": iterations}
-    name = SIZE_OPTIONS.get(method)
-    if name is not None and sizes[name] is not None:
-        options[name] = sizes[name]
-    if preprocess is not None and method == "lime":
-        options = {"mean": preprocess.mean, "std": preprocess.std, **options}
-    return GENERATORS[method](model, **options)
-
+from sane.saliency import SaliencyResult, make_generator
 
 def explain_images(
     model: nn.Module,
@@ -80,11 +49,11 @@ def explain_images(
     speed = {"amp": True, "fuse": True, "channels_last": True} if fast else {"amp": amp}
     if int8:
         speed = {"quantize": True, "channels_last": True}
-    explainer = make_explainer(
-        model, method, n_masks, n_samples=n_samples, iterations=iterations, seed=seed, batch_size=batch_size,
+    generator = make_generator(
+        model, method, n_masks=n_masks, n_samples=n_samples, iterations=iterations, seed=seed, batch_size=batch_size,
         preprocess=preprocess, **speed,
     )
-    return explainer.explain(preprocess.to_tensor(query), preprocess.to_tensor(reference), mode=mode)
+    return generator.explain(preprocess.to_tensor(query), preprocess.to_tensor(reference), mode=mode)
 
 
 def explain_files(

@@ -33,12 +33,12 @@ class Embedder:
     (:func:`~sane.models.optimize.fuse_conv_bn`; needs an eval-mode model), ``compile`` runs the
     inference forward through ``torch.compile`` with frozen weights (a one-off compile of seconds to
     a minute per batch shape, repaid over the thousands of forwards of a map; needs a C++ compiler on
-    CPU). All are kept by one Embedder (and so one explainer object): reuse it across maps.
+    CPU). All are kept by one Embedder (and so one generator object): reuse it across maps.
 
     ``quantize`` (CPU only; not with ``amp`` or ``compile``) runs an int8 copy of the model
     (:func:`~sane.models.optimize.quantize_int8`), which *does* change the function slightly: it is
     calibrated once, by :meth:`calibrate` or else on the first batch embedded, and that calibration
-    is kept for every later call (explainers calibrate on their first pair's images and masked copies).
+    is kept for every later call (generators calibrate on their first pair's images and masked copies).
     """
 
     def __init__(

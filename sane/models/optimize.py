@@ -1,7 +1,7 @@
 """Inference-time model rewrites that keep the function: BatchNorm folded into its convolution.
 
 RISE, sliding window and LIME spend nearly all their time in forward passes of one model on
-thousands of perturbed images, so the per-forward cost is the explainer's cost. Folding each
+thousands of perturbed images, so the per-forward cost is the generator's cost. Folding each
 eval-mode BatchNorm into the convolution before it removes a full pass over every activation map;
 with ``channels_last`` memory and bf16 autocast (the Embedder's ``channels_last`` and ``amp``) the
 default model's forward on CPU is several times faster (``bench/table1.py`` measures it).

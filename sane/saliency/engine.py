@@ -1,6 +1,10 @@
 """The shared perturbation engine: stream masked images through the model, score them against the
 reference embedding(s) and accumulate the map, O(batch) memory and one pass over the masks.
 
+A generator on this engine overrides :meth:`~PerturbationGenerator.query_masks` (and
+``reference_masks`` for mode 'both'); LIME and the learned mask reuse its substrate and int8
+calibration but compute their maps in their own ``_explain`` hook (they do not share a stream).
+
 A generator supplies the masks ("keep" masks, 1 = pixel visible) and how scores are attributed:
 ``"kept"`` (RISE: map = sum_i s_i M_i / sum_i M_i, expected similarity when a pixel is visible) or
 ``"removed"`` (occlusion: map = sum_w (1 - s_w) W_w / sum_w W_w over the windows W = 1 - M).
@@ -9,53 +13,27 @@ A generator supplies the masks ("keep" masks, 1 = pixel visible) and how scores 
 from __future__ import annotations
 
 import time
-
 import torch
 from torch import nn
 
-from sane.errors import InputError
-from sane.models.embedder import Embedder
+from sane.saliency.base import SaliencyGenerator
 from sane.saliency.masks import rise_masks
 from sane.saliency.result import SaliencyResult
 from sane.substrate import make_substrate
 
-MODES = ("fixed", "both")
-CALIBRATION_MASKS = 16  # masked copies of each image an int8 explainer calibrates on (``quantize``)
+CALIBRATION_MASKS = 16  # masked copies of each image an int8 generator calibrates on (``quantize``)
 _CALIBRATION_SEED_OFFSET = 7_919  # calibration masks never coincide with a generator's own
 
 
-def check_pair(query: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Validate a (3, H, W) query and a (3, H, W) or (K, 3, H, W) reference batch.
+class PerturbationGenerator(SaliencyGenerator):
+    """Base of mask-based generators; subclasses define the masks and the attribution rule.
 
-    Returns the query, the references as (K, 3, H, W), and whether a batch was given.
+    ``substrate`` is what a hidden pixel shows ("mean" colour, "blur", a constant or an image).
     """
-    for name, t in (("query", query), ("reference", reference)):
-        if not isinstance(t, torch.Tensor):
-            raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}", name)
-        if not t.is_floating_point():
-            raise InputError(f"{name} must be a float tensor (normalised image), got {t.dtype}", name)
-    if query.dim() != 3 or query.shape[0] != 3:
-        raise InputError(f"query must be (3, H, W), got shape {tuple(query.shape)}", "query")
-    batched = reference.dim() == 4
-    refs = reference if batched else reference[None]
-    if refs.dim() != 4 or refs.shape[1] != 3 or refs.shape[0] < 1:
-        raise InputError(
-            f"reference must be (3, H, W) or (K, 3, H, W), got shape {tuple(reference.shape)}", "reference"
-        )
-    if refs.shape[-2:] != query.shape[-2:]:
-        raise InputError(
-            f"query is {tuple(query.shape[-2:])} but reference is {tuple(refs.shape[-2:])}: "
-            "resize both to the model's input size",
-            "reference",
-        )
-    return query, refs, batched
-
-
-class PerturbationExplainer:
-    """Base of mask-based generators; subclasses define the masks and the attribution rule."""
 
     method = "perturbation"
     attribution = "kept"  # or "removed"
+    shares_stream = True
 
     def __init__(
         self,
@@ -71,18 +49,8 @@ class PerturbationExplainer:
         compile: bool = False,
         quantize: bool = False,
     ):
-        self.embedder = Embedder(model, batch_size, amp, channels_last, device, fuse, compile, quantize)
-        self.seed = int(seed)
+        super().__init__(model, batch_size, seed, amp, channels_last, device, progress, fuse, compile, quantize)
         self.substrate = substrate
-        self.progress = progress
-
-    @property
-    def model(self) -> nn.Module:
-        return self.embedder.model
-
-    @property
-    def device(self) -> torch.device:
-        return self.embedder.device
 
     # -- what subclasses provide -------------------------------------------------------------
     def query_masks(self, size: tuple[int, int]) -> torch.Tensor:
@@ -97,7 +65,7 @@ class PerturbationExplainer:
     def _calibrate(self, images: torch.Tensor, condition=None) -> None:
         """With ``quantize``, before the first forward: calibrate the int8 model on ``images`` (U, 3, H, W)
         and ``CALIBRATION_MASKS`` copies of each under seeded RISE masks over the substrate, the
-        kind of input every generator feeds (whatever its own masks). Once per explainer."""
+        kind of input every generator feeds (whatever its own masks). Once per generator."""
         if not self.embedder.quantize or self.embedder.calibrated:
             return
         images = images.to(self.device)
@@ -227,47 +195,16 @@ class PerturbationExplainer:
         timings = {"setup_ms": (t_masks - t_start) * 1e3, "total_ms": (time.perf_counter() - t_start) * 1e3}
         return qmaps, ref_maps, similarity.cpu(), timings
 
-    def explain(
-        self, query: torch.Tensor, reference: torch.Tensor, mode: str = "fixed", condition=None
-    ) -> SaliencyResult:
-        """Saliency of ``query`` (and in mode='both' of ``reference``) for their similarity."""
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {mode!r}", "mode")
-        q, refs, batched = check_pair(query, reference)
-        k = len(refs)
+    def _explain(self, query: torch.Tensor, references: torch.Tensor, mode: str, condition) -> SaliencyResult:
+        k = len(references)
         qmaps, ref_maps, similarity, timings = self._explain_stream(
-            q[None], torch.zeros(k, dtype=torch.long), refs, torch.arange(k), mode, condition
+            query[None], torch.zeros(k, dtype=torch.long), references, torch.arange(k), mode, condition
         )
-        if not batched:
-            qmaps = qmaps[0]
-            ref_maps = ref_maps[0] if ref_maps is not None else None
-        sim_out = similarity if batched else float(similarity[0])
-        return SaliencyResult(
-            query_map=qmaps,
-            reference_map=ref_maps,
-            similarity=sim_out,
-            method=self.method,
-            mode=mode,
-            timings=timings,
-        )
+        return SaliencyResult(qmaps, ref_maps, similarity, self.method, mode, timings)
 
-    def explain_pairs(
-        self, queries: list[torch.Tensor], references: list[torch.Tensor], mode: str = "fixed", condition=None
+    def _explain_pairs(
+        self, queries: list[torch.Tensor], references: list[torch.Tensor], mode: str, condition
     ) -> list[SaliencyResult]:
-        """Explain B (query, reference) pairs as ONE stream of masked images (a served batch).
-
-        Each forward batch holds the same masks applied to every distinct query; pairs that share a
-        query share its stream (the K-reference path). Equal, up to float rounding, to calling
-        :meth:`explain` pair by pair. All images are (3, H, W) of one size.
-        """
-        if len(queries) != len(references):
-            raise InputError(f"{len(queries)} queries but {len(references)} references", "reference")
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {mode!r}", "mode")
-        for q, r in zip(queries, references):
-            check_pair(q, r)
-        if len({tuple(t.shape) for t in (*queries, *references)}) != 1:
-            raise InputError("all queries and references of a batch must have one size", "reference")
         uq, q_owner = _distinct(queries)
         ur, r_owner = _distinct(references)
         qmaps, ref_maps, similarity, timings = self._explain_stream(

@@ -8,14 +8,15 @@ The model's parameters are never updated: gradients are taken with respect to th
 
 from __future__ import annotations
 
-import time
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sane.errors import InputError
-from sane.saliency.engine import MODES, PerturbationExplainer, check_pair
+from sane.saliency.engine import PerturbationGenerator
 from sane.saliency.result import SaliencyResult
 from sane.substrate import make_substrate
 
@@ -29,7 +30,7 @@ def total_variation(masks: torch.Tensor, beta: float) -> torch.Tensor:
     return rows + cols
 
 
-class LearnedMask(PerturbationExplainer):
+class LearnedMask(PerturbationGenerator):
     """Learn a ``mask_size`` x ``mask_size`` deletion mask with Adam (``lr``, ``iterations``).
 
     Loss per pair: ``l1 * mean|1 - m| + tv * TV_beta(m) + s(q~, r)`` with
@@ -43,6 +44,9 @@ class LearnedMask(PerturbationExplainer):
     """
 
     method = "mask"
+    size_option = "iterations"
+    shares_stream = False  # each pair optimises its own mask
+    BACKWARD_FACTOR = 3  # an iteration is a forward and a backward pass: ~3 forward passes
 
     def __init__(
         self,
@@ -90,14 +94,11 @@ class LearnedMask(PerturbationExplainer):
             return make_substrate(image, "blur", blur_sigma=self.blur_sigma)
         return make_substrate(image, self.substrate).expand_as(image)
 
-    def explain(
-        self, query: torch.Tensor, reference: torch.Tensor, mode: str = "fixed", condition=None
-    ) -> SaliencyResult:
-        """Learned saliency of ``query`` (and in mode='both' of ``reference``) for their similarity."""
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {mode!r}", "mode")
-        q, refs, batched = check_pair(query, reference)
-        t_start = time.perf_counter()
+    @classmethod
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
+        return cls.BACKWARD_FACTOR * int(cls.option(options or {}, "iterations")) * (2 if mode == "both" else 1)
+
+    def _explain(self, q: torch.Tensor, refs: torch.Tensor, mode: str, condition) -> SaliencyResult:
         dev = self.device
         q, refs = q.to(dev), refs.to(dev)
         q_emb = self.embedder(q[None], condition)[0]
@@ -113,18 +114,7 @@ class LearnedMask(PerturbationExplainer):
                 r_maps.append(rm)
         qmaps = torch.cat(q_maps).float().cpu()
         rmaps = torch.cat(r_maps).float().cpu() if mode == "both" else None
-        t_end = time.perf_counter()
-        if not batched:
-            qmaps = qmaps[0]
-            rmaps = rmaps[0] if rmaps is not None else None
-        return SaliencyResult(
-            query_map=qmaps,
-            reference_map=rmaps,
-            similarity=similarity.cpu() if batched else float(similarity[0]),
-            method=self.method,
-            mode=mode,
-            timings={"total_ms": (t_end - t_start) * 1e3},
-        )
+        return SaliencyResult(qmaps, rmaps, similarity.cpu(), self.method, mode)
 
     def _perturb(self, images: torch.Tensor, backgrounds: torch.Tensor, up: torch.Tensor, gen) -> torch.Tensor:
         """(B, 3, H, W) perturbed images under upsampled keep masks ``up`` (B, 1, H, W); ``images`` and

@@ -8,8 +8,9 @@ on/off vectors (O(batch) memory) and scored against any number of references at 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from sane.errors import InputError
 from sane.images import IMAGENET_MEAN, IMAGENET_STD
-from sane.saliency.engine import PerturbationExplainer, check_pair
+from sane.saliency.engine import PerturbationGenerator
 from sane.saliency.result import SaliencyResult
 from sane.substrate import make_substrate
 
@@ -37,6 +38,14 @@ class LimeResult(SaliencyResult):
     coefficients: torch.Tensor | None = None
     intercept: float | torch.Tensor | None = None
     selected: list | None = None
+
+    def first(self) -> LimeResult:
+        return replace(
+            super().first(),
+            coefficients=self.coefficients[0],
+            intercept=float(self.intercept[0]),
+            selected=self.selected[0] if self.selected is not None else None,
+        )
 
 
 def to_rgb(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -88,7 +97,7 @@ def kernel_weights(samples: torch.Tensor, kernel_width: float) -> torch.Tensor:
     return torch.exp(-(d**2) / (2 * kernel_width**2))
 
 
-class LIME(PerturbationExplainer):
+class LIME(PerturbationGenerator):
     """LIME over the query's superpixels with a fixed reference (the paper has no both-images LIME).
 
     ``n_samples`` on/off vectors, each superpixel hidden (replaced by the substrate) with probability
@@ -100,6 +109,9 @@ class LIME(PerturbationExplainer):
     """
 
     method = "lime"
+    modes = ("fixed",)  # the paper has no both-images LIME
+    size_option = "n_samples"
+    shares_stream = False  # each query has its own superpixels and Lasso fit
 
     def __init__(
         self,
@@ -142,7 +154,7 @@ class LIME(PerturbationExplainer):
         self.mean, self.std = mean, std
 
     def segment(self, query: torch.Tensor) -> torch.Tensor:
-        """(H, W) superpixel ids of the query with this explainer's segmentation."""
+        """(H, W) superpixel ids of the query with this generator's segmentation."""
         return superpixels(query, self.segmentation, self.mean, self.std, **self.segmentation_options)
 
     def samples(self, n_segments: int) -> torch.Tensor:
@@ -152,22 +164,20 @@ class LIME(PerturbationExplainer):
         z[0] = 1.0
         return z
 
-    def explain(
-        self,
-        query: torch.Tensor,
-        reference: torch.Tensor,
-        mode: str = "fixed",
-        condition=None,
-        segments: torch.Tensor | None = None,
-    ) -> LimeResult:
+    @classmethod
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
+        return int(cls.option(options or {}, "n_samples"))
+
+    def explain(self, query: torch.Tensor, reference: torch.Tensor, mode: str = "fixed", condition=None,
+                segments: torch.Tensor | None = None) -> LimeResult:
         """LIME map of ``query`` for its similarity to ``reference`` (mode='fixed' only).
 
         ``segments`` (H, W) integer ids override the segmentation (e.g. to share superpixels).
         """
-        if mode != "fixed":
-            raise InputError(f"LIME supports mode='fixed' only (the paper has no both-images LIME), got {mode!r}",
-                             "mode")
-        q, refs, batched = check_pair(query, reference)
+        return super().explain(query, reference, mode, condition, segments=segments)
+
+    def _explain(self, q: torch.Tensor, refs: torch.Tensor, mode: str, condition,
+                 segments: torch.Tensor | None = None) -> LimeResult:
         t_start = time.perf_counter()
         dev = self.device
         h, w = q.shape[-2:]
@@ -206,13 +216,10 @@ class LIME(PerturbationExplainer):
             coef_map = coef
         maps = coef_map[:, segments]  # (K, H, W)
         t_end = time.perf_counter()
-        if not batched:
-            maps, coef, intercept = maps[0], coef[0], float(intercept[0])
-            selected = selected[0] if selected is not None else None
         return LimeResult(
             query_map=maps,
             reference_map=None,
-            similarity=similarity.cpu() if batched else float(similarity[0]),
+            similarity=similarity.cpu(),
             method=self.method,
             mode=mode,
             timings={

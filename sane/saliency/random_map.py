@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sane.errors import InputError
-from sane.models.embedder import Embedder
-from sane.saliency.engine import MODES, check_pair
+from sane.saliency.base import SaliencyGenerator
 from sane.saliency.result import SaliencyResult
 
 
-class RandomSaliency:
+class RandomSaliency(SaliencyGenerator):
     """Maps that ignore the model: bilinearly upsampled ``grid`` x ``grid`` uniform noise.
 
     Smooth like the other generators' maps, so metric differences reflect information, not texture.
@@ -21,21 +22,19 @@ class RandomSaliency:
     method = "random"
 
     def __init__(self, model: nn.Module, grid: int = 7, seed: int = 0, batch_size: int = 256, **kwargs):
-        self.embedder = Embedder(model, batch_size, **kwargs)
+        super().__init__(model, batch_size=batch_size, seed=seed, **kwargs)
         self.grid = grid
-        self.seed = seed
 
-    def explain(self, query: torch.Tensor, reference: torch.Tensor, mode: str = "fixed", condition=None):
-        if mode not in MODES:
-            raise InputError(f"mode must be one of {MODES}, got {mode!r}", "mode")
-        q, refs, batched = check_pair(query, reference)
-        h, w = q.shape[-2:]
+    @classmethod
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
+        return 1  # no forward pass beyond the pair's own
+
+    def _explain(self, query: torch.Tensor, references: torch.Tensor, mode: str, condition) -> SaliencyResult:
+        h, w = query.shape[-2:]
         gen = torch.Generator().manual_seed(self.seed)
-        k = len(refs)
+        k = len(references)
         noise = torch.rand((2 * k, 1, self.grid, self.grid), generator=gen)
         maps = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        sims = self.embedder.embedding.against(self.embedder(refs, condition), self.embedder(q[None], condition)[0])
-        qmap, rmap = maps[:k], (maps[k:] if mode == "both" else None)
-        if not batched:
-            qmap, rmap = qmap[0], (rmap[0] if rmap is not None else None)
-        return SaliencyResult(qmap, rmap, sims.cpu() if batched else float(sims[0]), self.method, mode)
+        sims = self.embedder.embedding.against(self.embedder(references, condition),
+                                               self.embedder(query[None], condition)[0])
+        return SaliencyResult(maps[:k], maps[k:] if mode == "both" else None, sims.cpu(), self.method, mode)

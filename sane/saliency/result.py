@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -22,3 +22,12 @@ class SaliencyResult:
     method: str
     mode: str
     timings: dict[str, float] = field(default_factory=dict)
+
+    def first(self) -> SaliencyResult:
+        """The result for the first reference of a batched result: maps (H, W), a float similarity."""
+        return replace(
+            self,
+            query_map=self.query_map[0],
+            reference_map=self.reference_map[0] if self.reference_map is not None else None,
+            similarity=float(self.similarity[0]),
+        )

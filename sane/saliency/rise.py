@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from sane.errors import InputError
-from sane.saliency.engine import PerturbationExplainer
+from sane.saliency.engine import PerturbationGenerator
 from sane.saliency.masks import rise_bank
 
 # Reference masks use a seed stream of their own so they never coincide with the query masks.
 _REFERENCE_SEED_OFFSET = 1_000_003
 
 
-class RISE(PerturbationExplainer):
+class RISE(PerturbationGenerator):
     """RISE with N random masks over the query; in mode='both' also ``n_reference_masks`` over the
     reference, at a cost of N + n_reference_masks forward passes (not their product).
 
@@ -24,6 +27,7 @@ class RISE(PerturbationExplainer):
 
     method = "rise"
     attribution = "kept"
+    size_option = "n_masks"
 
     def __init__(
         self,
@@ -46,6 +50,12 @@ class RISE(PerturbationExplainer):
         self.grid = int(grid)
         self.p = float(p)
         self.n_reference_masks = int(n_reference_masks)
+
+    @classmethod
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
+        options = options or {}
+        extra = cls.option(options, "n_reference_masks") if mode == "both" else 0
+        return int(cls.option(options, "n_masks")) + int(extra)
 
     def query_masks(self, size: tuple[int, int]) -> torch.Tensor:
         return rise_bank(self.n_masks, self.grid, self.p, size, self.seed, self.device)

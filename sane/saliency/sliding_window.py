@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from sane.errors import InputError
-from sane.saliency.engine import PerturbationExplainer
+from sane.saliency.engine import PerturbationGenerator
 from sane.saliency.masks import BANKS, occlusion_windows
 
 
@@ -15,7 +18,7 @@ def _keep_masks(size: tuple[int, int], per_side: int, window: float, stride: flo
                      lambda: 1.0 - occlusion_windows(size, per_side, window, stride, device))
 
 
-class SlidingWindow(PerturbationExplainer):
+class SlidingWindow(PerturbationGenerator):
     """Occlude square windows of the query (25x25 positions, side 2/7, stride 1/28 of the image:
     the paper's 625 windows of 32 px at 112 px); score ``1 - s(q_w, r)``; the map averages the
     scores of the windows covering each pixel. Mode 'both' adds 6x6 windows (stride 1/7) on the
@@ -51,6 +54,11 @@ class SlidingWindow(PerturbationExplainer):
         self.stride = float(stride)
         self.reference_windows_per_side = int(reference_windows_per_side)
         self.reference_stride = float(reference_stride)
+
+    @classmethod
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
+        """The query's windows, counted twice in mode 'both' (a bound: the reference has fewer)."""
+        return int(cls.option(options or {}, "windows_per_side")) ** 2 * (2 if mode == "both" else 1)
 
     def query_masks(self, size: tuple[int, int]) -> torch.Tensor:
         return _keep_masks(tuple(size), self.windows_per_side, self.window, self.stride, str(self.device))

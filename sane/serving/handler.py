@@ -90,7 +90,7 @@ class ServingHandler:
         BANKS.resize(self.config.mask_cache_mb * 2**20)
         loaded = load_served_model(props.get("model_dir") or "", self.model_path(context), self.device)
         self.model, self.preprocess = loaded.model, loaded.preprocess
-        # Once per worker: BN folded into the convs (+ NHWC weights), shared by every request's explainer.
+        # Once per worker: BN folded into the convs (+ NHWC weights), shared by every request's generator.
         self.model = prepare_for_inference(self.model, self.config.fuse, self.config.channels_last)
         self.metrics = HandlerMetrics(context)
         self.initialized = True

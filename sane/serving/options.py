@@ -6,14 +6,10 @@ than ignored, so a typo never silently changes what is computed.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
-from sane.explain.pair import SIZE_OPTIONS
-from sane.saliency import GENERATORS
-from sane.saliency.engine import MODES
+from sane.saliency import GENERATORS, MODES, SaliencyGenerator
 from sane.serving.config import ServingConfig
 from sane.serving.request import RequestError
 from sane.substrate import SUBSTRATES
@@ -66,20 +62,6 @@ def check_known(options: dict, known: set[str] | frozenset[str]) -> None:
             raise RequestError(f"unknown option {name!r}; this archive takes {', '.join(sorted(known))}", _field(name))
 
 
-def generator_parameters(cls: type) -> set[str]:
-    """Keyword names a generator's constructor accepts, following ``**kwargs`` up its base classes."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names - {"self", "model"}
-
-
 @dataclass(frozen=True)
 class SaliencyOptions:
     """Validated options of a saliency request. Requests with equal :meth:`group_key` share one stream."""
@@ -119,48 +101,30 @@ def _check_generator_option(name: str, options: dict, config: ServingConfig) -> 
 
 GENERATOR_OPTIONS = ("grid", "p", "n_reference_masks", "substrate")
 
-# The cost of a request in forward-pass equivalents: one image at the model's input size through the
-# backbone. A learned-mask iteration is a forward and a backward pass (~3 forward passes); the sliding
-# window's size is fixed by the generator (windows_per_side squared).
-BACKWARD_FACTOR = 3
-
-
-@functools.cache
-def _generator_default(method: str, name: str) -> int:
-    """A generator's own default of one constructor argument (its size, windows per side, ...)."""
-    return int(inspect.signature(GENERATORS[method].__init__).parameters[name].default)
-
 
 def request_cost(method: str, mode: str, n_masks: int | None, generator: dict[str, Any]) -> int:
-    """Forward-pass equivalents one request costs (what ``handler.max_cost`` bounds)."""
-    both = mode == "both"
-    size = n_masks
-    if size is None and method in SIZE_OPTIONS:
-        size = _generator_default(method, SIZE_OPTIONS[method])
-    if method == "rise":
-        return size + (generator.get("n_reference_masks", _generator_default(method, "n_reference_masks")) if both else 0)
-    if method == "lime":
-        return size * (2 if both else 1)
-    if method == "mask":
-        return BACKWARD_FACTOR * size * (2 if both else 1)
-    if method == "sliding_window":
-        return _generator_default(method, "windows_per_side") ** 2 * (2 if both else 1)
-    return 1  # random: no forward pass beyond the pair's
+    """Forward-pass equivalents one request costs (what ``handler.max_cost`` bounds): the generator's
+    own :meth:`~sane.saliency.SaliencyGenerator.cost`, ``n_masks`` being its size option."""
+    cls = GENERATORS[method]
+    sized = {cls.size_option: n_masks} if cls.size_option else {}
+    return cls.cost(mode, {**generator, **sized})
 
 
 def check_cost(method: str, mode: str, n_masks: int | None, generator: dict[str, Any], config: ServingConfig) -> int:
     """Refuse a request above the archive's ``max_cost``, naming the option to lower."""
     cost = request_cost(method, mode, n_masks, generator)
     if cost > config.max_cost:
-        sized = method in SIZE_OPTIONS  # the protocol's n_masks sizes it
-        field = "n_masks" if sized else ("mode" if mode == "both" else "method")
-        size = f", n_masks {n_masks or _generator_default(method, SIZE_OPTIONS[method])}" if sized else ""
+        cls = GENERATORS[method]
+        field = "n_masks" if cls.size_option else ("mode" if mode == "both" else "method")
+        size = f", n_masks {n_masks or cls.default(cls.size_option)}" if cls.size_option else ""
         raise RequestError(
             f"{field}: this request costs {cost} forward passes (method {method}, mode {mode}{size}), above the "
             f"server's max_cost of {config.max_cost}; lower {field}" + (" or use mode fixed" if mode == "both" else ""),
             _field(field),
         )
     return cost
+
+
 SALIENCY_OPTIONS = frozenset({"method", "mode", "n_masks", "seed", "outputs", *GENERATOR_OPTIONS})
 
 
@@ -179,18 +143,22 @@ def validate_saliency_options(
     check_known(options, SALIENCY_OPTIONS | extra_names)
     methods = allowed_methods(config)
     method = check_choice(options, "method", config.default_method, methods)
+    cls: type[SaliencyGenerator] = GENERATORS[method]
     mode = check_choice(options, "mode", config.default_mode, MODES)
+    if mode not in cls.modes:
+        raise RequestError(f"mode: method {method!r} supports mode {' and '.join(cls.modes)} only, got {mode!r}",
+                           _field("mode"))
     # ``n_masks`` is the protocol's name for a generator's size option, capped alike for all of them:
     # RISE's masks (server default default_n_masks), LIME's samples, the learned mask's iterations
     # (their generator's default unless given). Methods of a fixed size (occlusion) take none.
-    size_option = SIZE_OPTIONS.get(method)
+    size_option = cls.size_option
     if size_option is None and "n_masks" in options:
         raise RequestError(f"n_masks: does not apply to method {method!r}", _field("n_masks"))
     n_masks = None
     if "n_masks" in options or size_option == "n_masks":
         n_masks = check_int(options, "n_masks", config.default_n_masks, 1, config.max_n_masks, "max_n_masks")
     seed = check_int(options, "seed", 0, 0, MAX_SEED)
-    accepted = generator_parameters(GENERATORS[method])
+    accepted = cls.parameters()
     generator = []
     for name in GENERATOR_OPTIONS:
         if name not in options:

@@ -9,19 +9,18 @@ from collections import defaultdict
 from typing import Any
 
 from sane.errors import InputError
-from sane.explain.pair import SIZE_OPTIONS, make_explainer
-from sane.saliency import GENERATORS, SaliencyResult
-from sane.serving.batch_explain import explain_pairs
+from sane.saliency import GENERATORS, SaliencyResult, make_generator
 from sane.serving.encoding import encode_map
 from sane.serving.handler import PreparedPair, ServingHandler
-from sane.serving.options import SaliencyOptions, generator_parameters, validate_saliency_options
+from sane.serving.options import SaliencyOptions, validate_saliency_options
 from sane.serving.request import RequestError
 
 logger = logging.getLogger(__name__)
 
 
 class SaliencyHandler(ServingHandler):
-    """Requests with equal options are grouped; each group is one :func:`explain_pairs` stream."""
+    """Requests with equal options are grouped; each group is one
+    :meth:`~sane.saliency.SaliencyGenerator.explain_pairs` call (one masked stream where the method shares one)."""
 
     archive = "saliency"
     extra_option_names: frozenset[str] = frozenset()  # options a subclass (the `sane` archive) adds
@@ -29,16 +28,15 @@ class SaliencyHandler(ServingHandler):
     def parse_options(self, options: dict[str, Any]) -> SaliencyOptions:
         return validate_saliency_options(options, self.config, self.extra_option_names)
 
-    def make_explainer(self, options: SaliencyOptions):
+    def make_generator(self, options: SaliencyOptions):
         """The generator for a group, with the server's forward batch size (and precision where it applies)."""
-        accepted = generator_parameters(GENERATORS[options.method])
+        cls = GENERATORS[options.method]
         server = {"batch_size": self.config.batch_size, "amp": self.config.amp,
                   "channels_last": self.config.channels_last}
-        kwargs = {k: v for k, v in server.items() if k in accepted and (v or k == "batch_size")}
-        size = SIZE_OPTIONS.get(options.method)
-        if size is not None and options.n_masks is not None:
-            kwargs[size] = options.n_masks  # n_masks, n_samples or iterations
-        return make_explainer(self.model, options.method, seed=options.seed, preprocess=self.preprocess, **kwargs,
+        kwargs = {k: v for k, v in server.items() if k in cls.parameters() and (v or k == "batch_size")}
+        if cls.size_option is not None and options.n_masks is not None:
+            kwargs[cls.size_option] = options.n_masks  # n_masks, n_samples or iterations
+        return make_generator(self.model, options.method, seed=options.seed, preprocess=self.preprocess, **kwargs,
                               **dict(options.generator))
 
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
@@ -50,10 +48,10 @@ class SaliencyHandler(ServingHandler):
             options: SaliencyOptions = items[indices[0]].options
             start = time.perf_counter()
             try:
-                explainer = self.make_explainer(options)
-                seen = explainer.embedder.images_seen
-                results = explain_pairs(
-                    explainer, [items[i].query for i in indices], [items[i].reference for i in indices], options.mode
+                generator = self.make_generator(options)
+                seen = generator.embedder.images_seen
+                results = generator.explain_pairs(
+                    [items[i].query for i in indices], [items[i].reference for i in indices], options.mode
                 )
             except InputError as exc:
                 field = exc.field if exc.field in ("query", "reference") else f"options.{exc.field or 'method'}"
@@ -66,7 +64,7 @@ class SaliencyHandler(ServingHandler):
                 continue
             seconds = time.perf_counter() - start
             if self.metrics and seconds > 0:
-                self.metrics.record_masks_per_second((explainer.embedder.images_seen - seen) / seconds)
+                self.metrics.record_masks_per_second((generator.embedder.images_seen - seen) / seconds)
             out.update(dict(zip(indices, results)))
         return out
 
