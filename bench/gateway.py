@@ -19,10 +19,10 @@ from pathlib import Path
 
 from serve_throughput import percentile, query_variants, run_clients
 
-from sane.serving import deploy
-from sane.serving.grpc_client import GrpcClient
-from sane.serving.http_client import HttpClient
-from sane.serving.server import free_port
+from sane.serving.ops import deploy
+from sane.serving.ops.grpc_client import GrpcClient
+from sane.serving.ops.http_client import HttpClient
+from sane.serving.ops.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def main() -> None:
     requests = [(q, reference) for q in query_variants(args.requests)]
     results = {}
     with tempfile.TemporaryDirectory(prefix="sane-bench-gateway-") as tmp:
-        from sane.serving.archive import build_archive
+        from sane.serving.ops.archive import build_archive
 
         store = Path(tmp) / "store"
         build_archive("saliency", store)

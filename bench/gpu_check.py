@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sane.serving.archive import profile_config
-from sane.serving.encoding import decode_npy
-from sane.serving.http_client import HttpClient
-from sane.serving.inprocess import load_handler, payload, run_batch
-from sane.serving.server import temporary_server
+from sane.serving.ops.archive import profile_config
+from sane.serving.ops.http_client import HttpClient
+from sane.serving.ops.inprocess import load_handler, payload, run_batch
+from sane.serving.ops.server import temporary_server
+from sane.serving.worker.encoding import decode_npy
 
 ROOT = Path(__file__).resolve().parents[1]
 FAILURES: list[str] = []

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sane.serving.grpc_client import GrpcClient
-from sane.serving.http_client import HttpClient
-from sane.serving.inprocess import load_handler, payload, run_batch
-from sane.serving.server import temporary_server
+from sane.serving.ops.grpc_client import GrpcClient
+from sane.serving.ops.http_client import HttpClient
+from sane.serving.ops.inprocess import load_handler, payload, run_batch
+from sane.serving.ops.server import temporary_server
 
 ROOT = Path(__file__).resolve().parents[1]
 

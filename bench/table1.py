@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sane.data import AttributeDataset, write_dataset
-from sane.evaluation.saliency import positive_pairs
+from sane.evaluation.saliency_maps import positive_pairs
 from sane.metrics import insertion_deletion, mass_inside, pointing_game
 from sane.models import Embedder, load_similarity
 from sane.saliency import LIME, RISE, LearnedMask, RandomSaliency, SlidingWindow

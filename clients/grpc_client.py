@@ -5,7 +5,7 @@
 
 Through the gateway (`sane deploy up`) the call carries its API key as metadata
 (``authorization: Bearer <key>``). The Python stubs are generated on first use from the protos inside the installed TorchServe jar
-(``sane.serving.grpc_client.build_stubs``, into ``build/``); nothing generated is committed. The input
+(``sane.serving.ops.grpc_client.build_stubs``, into ``build/``); nothing generated is committed. The input
 map is ``{"query": bytes, "reference": bytes, "options": JSON bytes}`` and the reply holds the same
 JSON bytes as an HTTP response (an error is a JSON ``{"error", "field"}`` body: TorchServe 0.12 does not
 map per-request status codes onto gRPC).
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import grpc
 
-from sane.serving.commands import write_response
-from sane.serving.grpc_client import GrpcClient
+from sane.cli.serving import write_response
+from sane.serving.ops.grpc_client import GrpcClient
 
 
 def main() -> int:

@@ -36,19 +36,19 @@ import collections
 import numpy as np
 import torch
 
+from sane.cli.research import BENCHMARK_DATA, EVAL_BATCH_SIZE
 from sane.data import open_dataset
 from sane.data.synthetic import FACTORS, render
 from sane.evaluation.attribute_explanations import paired_difference, same_class_index_pairs
 from sane.evaluation.prior import smoothed_prior
+from sane.evaluation.tuning import GAMMA_GRID, W_GRID
+from sane.explain.map_match import DEFAULT_QUERY_MASKS
 from sane.explain.ranker import ATTRIBUTE_FACTORS, map_match, spec_score
-from sane.explain.tuning import GAMMA_GRID, W_GRID
 from sane.metrics.counterfactual import counterfactual_deltas
 from sane.models import default_weights_path, load_similarity
-from sane.models.attributes import default_attribute_weights, load_attributes
+from sane.models.attribute_predictors import default_attribute_weights, load_attributes
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
-from sane.train.commands import BENCHMARK_DATA, EVAL_BATCH_SIZE
-from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 
 MODELS = ("sane", "classifier", "fashionsearchnet")

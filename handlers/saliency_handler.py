@@ -5,8 +5,8 @@ A thin adapter: parsing, options, batching and encoding live in :mod:`sane.servi
 in the library. TorchServe needs exactly one class defined in this module (imported names do not count).
 """
 
-from sane.serving.saliency import SaliencyHandler as _SaliencyHandler
+from sane.serving.worker.saliency_archive import SaliencyHandler as _SaliencyHandler
 
 
 class SaliencyHandler(_SaliencyHandler):
-    """`saliency` archive handler (see :class:`sane.serving.saliency.SaliencyHandler`)."""
+    """`saliency` archive handler (see :class:`sane.serving.worker.saliency_archive.SaliencyHandler`)."""

@@ -5,8 +5,8 @@ A thin adapter: parsing, options, batching, ranking and encoding live in :mod:`s
 computing in the library. TorchServe needs exactly one class defined in this module (imported names do not count).
 """
 
-from sane.serving.sane_archive import SaneHandler as _SaneHandler
+from sane.serving.worker.sane_archive import SaneHandler as _SaneHandler
 
 
 class SaneHandler(_SaneHandler):
-    """`sane` archive handler (see :class:`sane.serving.sane_archive.SaneHandler`)."""
+    """`sane` archive handler (see :class:`sane.serving.worker.sane_archive.SaneHandler`)."""

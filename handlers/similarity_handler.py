@@ -4,8 +4,8 @@ A thin adapter: parsing, batching and encoding live in :mod:`sane.serving`, the 
 library. TorchServe needs exactly one class defined in this module (imported names do not count).
 """
 
-from sane.serving.similarity import SimilarityHandler as _SimilarityHandler
+from sane.serving.worker.similarity_archive import SimilarityHandler as _SimilarityHandler
 
 
 class SimilarityHandler(_SimilarityHandler):
-    """`similarity` archive handler (see :class:`sane.serving.similarity.SimilarityHandler`)."""
+    """`similarity` archive handler (see :class:`sane.serving.worker.similarity_archive.SimilarityHandler`)."""

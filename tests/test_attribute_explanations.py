@@ -22,7 +22,7 @@ from sane.evaluation.attribute_explanations import (
 from sane.explain.ranker import AttributeRanker
 from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models import Embedder, load_similarity
-from sane.models.attributes import RandomAttributes
+from sane.models.attribute_predictors import RandomAttributes
 from sane.models.checkpoint import default_weights_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.one_thread

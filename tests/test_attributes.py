@@ -13,8 +13,9 @@ from torch import nn
 
 from sane.cli import main
 from sane.data import ATTRIBUTES, COLOURS, AttributeDataset, random_scene, render, write_dataset
+from sane.explain.map_match import heatmap_loss, saliency_target, spatial_softmax
 from sane.images import Preprocess
-from sane.metrics.attributes import average_precision, mean_average_precision, per_attribute_ap
+from sane.metrics.average_precision import average_precision, mean_average_precision, per_attribute_ap
 from sane.models import (
     build_attribute_model,
     build_embedding,
@@ -24,8 +25,7 @@ from sane.models import (
     save_attributes,
     save_similarity,
 )
-from sane.train.attributes import train_attributes
-from sane.train.heatmap_loss import heatmap_loss, saliency_target, spatial_softmax
+from sane.train.attribute_model import train_attributes
 from sane.train.saliency_cache import SaliencyCache, build_saliency_cache
 from sane.train.validation_split import validation_split
 
@@ -310,7 +310,7 @@ def test_training_improves_validation_map_and_keeps_the_best_checkpoint(shapes, 
 
 
 def test_training_resumes_from_the_last_finished_epoch(shapes, tmp_path, monkeypatch):
-    import sane.train.attributes as module
+    import sane.train.attribute_model as module
 
     real_validate, calls = module._validate, []
 
@@ -360,7 +360,7 @@ def test_cli_caches_trains_and_evaluates(shapes, similarity, tmp_path, capsys):
 
 
 def test_best_f1_thresholds_cut_where_f1_peaks():
-    from sane.train.attributes import best_f1_thresholds, positive_median_thresholds
+    from sane.train.attribute_model import best_f1_thresholds, positive_median_thresholds
 
     scores = torch.tensor([[0.9, 1.0], [0.8, 1.0], [0.3, 1.0], [0.2, 1.0], [0.1, 1.0]])
     labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])

@@ -17,7 +17,7 @@ from sane.data import AttributeDataset, write_dataset
 from sane.images import load_image
 from sane.models import load_similarity
 from sane.saliency import RISE
-from sane.train.similarity import train_similarity
+from sane.train.similarity_model import train_similarity
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY, REFERENCE = ROOT / "examples" / "query.jpg", ROOT / "examples" / "reference.jpg"
@@ -78,7 +78,7 @@ def test_data_synth_then_eval_saliency_prints_the_table(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_similarity_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
-    import sane.train.similarity as training
+    import sane.train.similarity_model as training
 
     data = tmp_path / "shapes"
     write_dataset(data, 84, seed=1, image_size=48, progress=False)

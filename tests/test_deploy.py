@@ -21,12 +21,12 @@ import grpc
 import pytest
 
 from sane.cli import main as sane_main
-from sane.serving import deploy
-from sane.serving.archive import build_archive
-from sane.serving.grpc_client import GrpcClient
-from sane.serving.http_client import HttpClient, multipart_body
-from sane.serving.inprocess import load_handler, payload, run_batch
-from sane.serving.server import free_port
+from sane.serving.ops import deploy
+from sane.serving.ops.archive import build_archive
+from sane.serving.ops.grpc_client import GrpcClient
+from sane.serving.ops.http_client import HttpClient, multipart_body
+from sane.serving.ops.inprocess import load_handler, payload, run_batch
+from sane.serving.ops.server import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -380,7 +380,7 @@ def test_the_pods_prestop_waits_until_nothing_is_queued(dep):
     management = f"http://127.0.0.1:{inst['ports']['management']}"
     assert deploy.pending_requests(management) == 0
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "sane.serving.deploy", "wait-idle", management, "0", "30"],
+    done = subprocess.run([sys.executable, "-m", "sane.serving.ops.deploy", "wait-idle", management, "0", "30"],
                           check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - start < 20

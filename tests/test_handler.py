@@ -18,14 +18,14 @@ import torch
 from conftest import CountingModel, RegionModel
 from PIL import Image
 
-from sane.saliency import make_generator
 from sane.images import load_image
 from sane.models import Embedder, load_similarity
-from sane.serving.archive import build_archive
-from sane.serving.encoding import decode_npy
-from sane.serving.inprocess import load_handler, payload, run_batch
-from sane.serving.request import RequestError, parse_pair_request
-from sane.serving.server import read_properties
+from sane.saliency import make_generator
+from sane.serving.ops.archive import build_archive
+from sane.serving.ops.inprocess import load_handler, payload, run_batch
+from sane.serving.ops.server import read_properties
+from sane.serving.worker.encoding import decode_npy
+from sane.serving.worker.request import RequestError, parse_pair_request
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -71,7 +71,7 @@ def _served_speed_options() -> dict:
     reference computes exactly what the server does (the learned mask amplifies float rounding)."""
     import yaml
 
-    from sane.serving.config import ServingConfig
+    from sane.serving.worker.config import ServingConfig
 
     config = ServingConfig.from_model_yaml(yaml.safe_load((ROOT / "handlers" / "saliency.yaml").read_text()))
     return {"fuse": config.fuse, "channels_last": config.channels_last}
@@ -311,14 +311,14 @@ def test_archive_holds_handler_config_weights_and_package(tmp_path):
         config = mar.read("model-config.yaml").decode()
     assert manifest["model"]["handler"] == "saliency_handler.py"
     assert manifest["model"]["serializedFile"] == "similarity_compact.pt"
-    assert {"saliency_handler.py", "similarity_compact.pt", "sane/serving/handler.py",
+    assert {"saliency_handler.py", "similarity_compact.pt", "sane/serving/worker/handler.py",
             "sane/saliency/engine.py"} <= names
     assert not any("__pycache__" in n or "weights/" in n for n in names)  # code only; weights explicit
     assert "batchSize: 8" in config and "max_n_masks: 123" in config and "maxBatchDelay" in config
 
 
 def test_grpc_stubs_are_generated_from_the_torchserve_jar(tmp_path):
-    from sane.serving.grpc_client import build_stubs, load_stubs
+    from sane.serving.ops.grpc_client import build_stubs, load_stubs
 
     out = build_stubs(tmp_path / "stubs")
     assert (out / "proto" / "inference.proto").is_file()
@@ -332,7 +332,7 @@ def test_grpc_stubs_build_once_when_many_threads_and_processes_create_clients_at
     # Fresh interpreters (nothing imported yet), 2 processes x 8 threads, one empty stubs directory.
     script = (
         "import sys, threading\n"
-        "from sane.serving.grpc_client import GrpcClient\n"
+        "from sane.serving.ops.grpc_client import GrpcClient\n"
         "errors = []\n"
         "def one():\n"
         "    try:\n"
@@ -366,8 +366,8 @@ def test_instance_config_has_no_expiring_tokens_listens_on_loopback_and_keeps_th
 
 
 def test_config_rendering_replaces_keys_and_keeps_the_rest(tmp_path):
-    from sane.serving.commands import _overrides
-    from sane.serving.server import render_properties
+    from sane.cli.serving import _overrides
+    from sane.serving.ops.server import render_properties
 
     out = render_properties(ROOT / "config.properties", tmp_path / "c.properties",
                             {"inference_address": "http://127.0.0.1:1234", "initial_worker_port": 9999})
@@ -417,8 +417,8 @@ def test_a_failing_group_does_not_fail_the_rest_of_the_batch(saliency, monkeypat
 )
 def test_costly_options_within_the_caps_are_400_naming_the_option(options, field):
     """Each option below its own cap, together above the request budget (forward-pass equivalents)."""
-    from sane.serving.config import ServingConfig
-    from sane.serving.options import validate_saliency_options
+    from sane.serving.worker.config import ServingConfig
+    from sane.serving.worker.options import validate_saliency_options
 
     config = ServingConfig(max_cost=1000) if options.get("method") in ("lime", "sliding_window") else ServingConfig()
     with pytest.raises(RequestError) as err:
@@ -427,8 +427,8 @@ def test_costly_options_within_the_caps_are_400_naming_the_option(options, field
 
 
 def test_the_largest_rise_request_the_caps_allow_fits_the_default_budget():
-    from sane.serving.config import ServingConfig
-    from sane.serving.options import request_cost, validate_saliency_options
+    from sane.serving.worker.config import ServingConfig
+    from sane.serving.worker.options import request_cost, validate_saliency_options
 
     config = ServingConfig()
     options = {"n_masks": config.max_n_masks, "mode": "both", "n_reference_masks": config.max_n_reference_masks}

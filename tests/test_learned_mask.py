@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from conftest import RegionModel, inside
 
 from sane.errors import InputError
-from sane.saliency import make_generator
-from sane.saliency import GENERATORS, LearnedMask
+from sane.saliency import GENERATORS, LearnedMask, make_generator
 from sane.saliency.learned_mask import total_variation
 
 BOX = (8, 24, 36, 56)  # y0, y1, x0, x1 in a 64 x 64 image

@@ -9,8 +9,7 @@ import torch
 from conftest import CountingModel, RegionModel
 
 from sane.errors import InputError
-from sane.saliency import make_generator
-from sane.saliency import GENERATORS, LIME
+from sane.saliency import GENERATORS, LIME, make_generator
 from sane.saliency.lime import kernel_weights, superpixels, to_rgb
 
 BOX = (8, 24, 36, 56)  # y0, y1, x0, x1 in a 64 x 64 image

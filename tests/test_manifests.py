@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sane.serving.gateway import K8S_KEYS_MAP, haproxy_binary, kubernetes_configmap
-from sane.serving.server import read_properties
+from sane.serving.ops.gateway import K8S_KEYS_MAP, haproxy_binary, kubernetes_configmap
+from sane.serving.ops.server import read_properties
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -64,7 +64,7 @@ def test_the_dockerfile_runs_torchserve_in_the_foreground_as_a_non_root_user():
 
 def test_the_gateway_config_map_is_the_rendered_one_and_haproxy_accepts_it(tmp_path):
     committed = (K8S / "gateway-config.yaml").read_text()
-    assert committed == kubernetes_configmap(), "regenerate: python -m sane.serving.gateway > deploy/k8s/gateway-config.yaml"
+    assert committed == kubernetes_configmap(), "regenerate: python -m sane.serving.ops.gateway > deploy/k8s/gateway-config.yaml"
     cfg = yaml.safe_load(committed)["data"]["haproxy.cfg"]
     (tmp_path / "keys.map").write_text("")
     local = cfg.replace(K8S_KEYS_MAP, str(tmp_path / "keys.map")).replace("/var/run/haproxy/", f"{tmp_path}/")

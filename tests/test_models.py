@@ -62,9 +62,9 @@ def test_default_weights_are_bundled_and_small():
 
 def test_every_bundled_benchmark_has_its_weights_and_its_data_recipe():
     """The checkpoint folder's benchmarks and the evaluation commands' --benchmark choices are one list."""
-    from sane.models.attributes import default_attribute_weights
+    from sane.cli.research import BENCHMARK_DATA
+    from sane.models.attribute_predictors import default_attribute_weights
     from sane.models.checkpoint import BENCHMARKS
-    from sane.train.commands import BENCHMARK_DATA
 
     assert set(BENCHMARK_DATA) == set(BENCHMARKS)
     for benchmark in BENCHMARKS:

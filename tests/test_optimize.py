@@ -11,7 +11,7 @@ from sane.models import build_embedding
 from sane.models.embedder import Embedder
 from sane.models.optimize import fuse_conv_bn, has_batchnorm
 from sane.saliency import RISE
-from sane.serving.config import ServingConfig
+from sane.serving.worker.config import ServingConfig
 
 
 def _trained_bn_model(arch: str = "compact", size: int = 64) -> nn.Module:

@@ -29,10 +29,10 @@ from sane.models.spec import PRESETS, EmbeddingSpec, ModelSpec, sidecar_path
 from sane.models.validation import ModelValidationError
 from sane.saliency import RISE, SlidingWindow
 from sane.saliency.masks import RiseMaskStream, rise_masks
-from sane.serving.encoding import decode_npy
-from sane.serving.http_client import HttpClient
-from sane.serving.inprocess import load_archive, payload, run_batch
-from sane.serving.server import temporary_server
+from sane.serving.ops.http_client import HttpClient
+from sane.serving.ops.inprocess import load_archive, payload, run_batch
+from sane.serving.ops.server import temporary_server
+from sane.serving.worker.encoding import decode_npy
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "examples" / "own_model"

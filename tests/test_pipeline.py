@@ -18,8 +18,8 @@ from sane.evaluation.attribute_explanations import METHODS, RetrievalSpace
 from sane.evaluation.prior import deletion_credits, smoothed_prior
 from sane.explain.ranker import load_prior
 from sane.models import load_similarity
-from sane.models.attributes import load_attributes
-from sane.train.pipeline import STATE_FILE, PipelineOptions, run_pipeline
+from sane.models.attribute_predictors import load_attributes
+from sane.pipeline import STATE_FILE, PipelineOptions, run_pipeline
 from sane.train.saliency_cache import SaliencyCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -122,7 +122,7 @@ def test_pipeline_runs_every_step_and_a_rerun_skips_them(data: Path, tmp_path: P
 
 
 def test_an_interrupted_pipeline_resumes_at_the_interrupted_step(tmp_path: Path, monkeypatch):
-    import sane.train.attributes as attributes
+    import sane.train.attribute_model as attributes
 
     data = write_tiny_polyvore(tmp_path / "polyvore")
     options = PipelineOptions(image_size=32, epochs=1, classes_per_batch=3, n_masks=8, refs=2, map_size=8,

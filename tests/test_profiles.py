@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-import sane.serving.handler as handler_module
+import sane.serving.worker.handler as handler_module
 from sane.cli import main as sane_main
 from sane.saliency.masks import BANKS, BankCache
-from sane.serving.archive import profile_config
-from sane.serving.config import ServingConfig
-from sane.serving.inprocess import load_handler
+from sane.serving.ops.archive import profile_config
+from sane.serving.ops.inprocess import load_handler
+from sane.serving.worker.config import ServingConfig
 
 
 def _model_config(mar) -> dict:

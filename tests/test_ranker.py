@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from sane.cli import main
-from sane.data.synthetic import ATTRIBUTES, Scene, render
-from sane.explain import AttributeRanker, estimate_prior_counterfactual, load_prior, save_prior
-from sane.explain.ranker import ATTRIBUTE_FACTORS, same_class_pairs
+from sane.data.synthetic import ATTRIBUTE_FACTORS, ATTRIBUTES, Scene, render
+from sane.evaluation.prior import estimate_prior_counterfactual, same_class_pairs
+from sane.explain import AttributeRanker, load_prior, save_prior
+from sane.explain.map_match import DEFAULT_TAU, saliency_target
 from sane.images import load_image
 from sane.models import load_similarity
-from sane.models.attributes import load_attributes
+from sane.models.attribute_predictors import load_attributes
 from sane.saliency import RISE
-from sane.train.heatmap_loss import DEFAULT_TAU, saliency_target
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY, REFERENCE = ROOT / "examples" / "query.jpg", ROOT / "examples" / "reference.jpg"

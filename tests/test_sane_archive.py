@@ -15,13 +15,13 @@ import yaml
 from PIL import Image
 
 from sane.explain.pair import rank_attributes
-from sane.saliency import make_generator
 from sane.images import load_image, open_image
 from sane.models import load_similarity
-from sane.serving.archive import ARCHIVES, DEFAULT_ARCHIVES, build_archive
-from sane.serving.encoding import decode_npy
-from sane.serving.inprocess import load_handler, payload, run_batch
-from sane.serving.sane_archive import RankerSettings
+from sane.saliency import make_generator
+from sane.serving.ops.archive import ARCHIVES, DEFAULT_ARCHIVES, build_archive
+from sane.serving.ops.inprocess import load_handler, payload, run_batch
+from sane.serving.worker.encoding import decode_npy
+from sane.serving.worker.sane_archive import RankerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -156,7 +156,7 @@ def test_sane_archive_carries_handler_config_and_attribute_model(tmp_path):
     with zipfile.ZipFile(path) as mar:
         names = set(mar.namelist())
         config = yaml.safe_load(mar.read("model-config.yaml"))
-    assert {"sane_handler.py", "attributes_sane.pt", "similarity_compact.pt", "sane/serving/sane_archive.py"} <= names
+    assert {"sane_handler.py", "attributes_sane.pt", "similarity_compact.pt", "sane/serving/worker/sane_archive.py"} <= names
     assert not any(n.startswith("sane/models/weights/") for n in names)  # weights travel explicitly only
     assert config["handler"]["max_top_k"] == 7 and config["handler"]["attribute_model"] == "attributes_sane.pt"
     assert Path(ARCHIVES["sane"].extra_files[0]).name == config["handler"]["attribute_model"]

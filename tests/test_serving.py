@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from sane.cli import main as sane_main
-from sane.serving.encoding import decode_npy
-from sane.serving.grpc_client import GrpcClient
-from sane.serving.http_client import HttpClient
-from sane.serving.inprocess import load_handler, payload, run_batch
-from sane.serving.server import temporary_server
+from sane.serving.ops.grpc_client import GrpcClient
+from sane.serving.ops.http_client import HttpClient
+from sane.serving.ops.inprocess import load_handler, payload, run_batch
+from sane.serving.ops.server import temporary_server
+from sane.serving.worker.encoding import decode_npy
 
 pytestmark = pytest.mark.slow
 

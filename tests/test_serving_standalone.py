@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sane.serving.grpc_client import GrpcClient
-from sane.serving.http_client import HttpClient
-from sane.serving.server import KEY_FILE, read_properties, temporary_server
+from sane.serving.ops.grpc_client import GrpcClient
+from sane.serving.ops.http_client import HttpClient
+from sane.serving.ops.server import KEY_FILE, read_properties, temporary_server
 
 pytestmark = pytest.mark.slow
 

@@ -260,7 +260,7 @@ def test_classes_by_shape_and_background_make_24_classes_whose_images_share_both
 
     from sane.data import AttributeDataset, write_dataset
     from sane.data.synthetic import BACKGROUNDS, class_names
-    from sane.explain.ranker import same_class_pairs
+    from sane.evaluation.prior import same_class_pairs
 
     by = ("shape", "background")
     classes = class_names(by)

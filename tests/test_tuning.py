@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from sane.evaluation.tuning import PairTerms, format_selection, select_weights, top1_utility
 from sane.explain import AttributeRanker
-from sane.explain.tuning import PairTerms, format_selection, select_weights, top1_utility
 from sane.images import Preprocess
-from sane.models.attributes import build_attribute_model, load_attributes, save_attributes
+from sane.models.attribute_predictors import build_attribute_model, load_attributes, save_attributes
 
 
 def _pair(conf, match, utility, candidates=None) -> PairTerms:
@@ -75,7 +75,7 @@ def test_tune_ranker_command_writes_the_choice_into_copies_of_the_bundled_models
     from sane.cli import main
     from sane.data import write_dataset
     from sane.explain import save_prior
-    from sane.models.attributes import default_attribute_weights, read_attribute_checkpoint
+    from sane.models.attribute_predictors import default_attribute_weights, read_attribute_checkpoint
 
     data = write_dataset(tmp_path / "shapes", 84, image_size=112, progress=False)
     paths = {kind: tmp_path / f"{kind}.pt" for kind in ("sane", "classifier")}

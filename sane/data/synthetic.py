@@ -516,3 +516,15 @@ def write_example_pair(out_dir: str | Path, seed: int = 0, image_size: int = 112
     for scene, path in zip((query, reference), paths):
         render(scene, image_size).image.save(path, quality=95)
     return paths
+
+
+# Which scene factor each Shapes-with-Attributes attribute belongs to (derived attributes included).
+ATTRIBUTE_FACTORS: dict[str, str] = {
+    **dict.fromkeys(("circle", "square", "triangle", "star", "hexagon", "diamond", "round", "pointy"), "shape"),
+    **dict.fromkeys(("red", "orange", "yellow", "green", "cyan", "blue", "purple", "warm", "cool"), "colour"),
+    **dict.fromkeys(("solid", "striped", "dotted", "checkered", "textured"), "pattern"),
+    **dict.fromkeys(("small", "medium", "large"), "size"),
+    **dict.fromkeys(("h_left", "h_center", "h_right", "v_top", "v_middle", "v_bottom"), "position"),
+    **dict.fromkeys(("bg_plain", "bg_noise", "bg_gradient", "bg_grid"), "background"),
+}
+assert set(ATTRIBUTE_FACTORS) == set(ATTRIBUTES) and set(ATTRIBUTE_FACTORS.values()) == set(FACTORS)

@@ -54,16 +54,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sane.data import LabelledImageDataset, open_dataset
-from sane.data.synthetic import FACTORS
-from sane.explain.ranker import ATTRIBUTE_FACTORS, AttributeRanker
+from sane.data.synthetic import ATTRIBUTE_FACTORS, FACTORS
+from sane.explain.map_match import DEFAULT_QUERY_MASKS
+from sane.explain.ranker import AttributeRanker
 from sane.images import Preprocess
-from sane.metrics.attributes import mean_average_precision
+from sane.metrics.average_precision import mean_average_precision
 from sane.metrics.counterfactual import best_factor, counterfactual_deltas
-from sane.models.attributes import RandomAttributes, predict_attributes
+from sane.models.attribute_predictors import RandomAttributes, predict_attributes
 from sane.models.embedder import Embedder
 from sane.models.spec import COSINE, EmbeddingSpec
 from sane.saliency import RISE
-from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
 
 METHODS = ("Random", "Attribute Classifier", "SANE")
 # Ranker-driven methods in the paper's table order: attribute_models key -> row name.

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
 from sane.errors import InputError
+from sane.explain.outputs import write_explanation
 from sane.explain.ranker import AttributeExplanation, AttributeRanker, load_prior
-from sane.heatmap import save_overlay
 from sane.images import Preprocess, open_image
 from sane.models import load_similarity
-from sane.models.attributes import load_attributes
+from sane.models.attribute_predictors import load_attributes
 from sane.saliency import SaliencyResult, make_generator
+
 
 def explain_images(
     model: nn.Module,
@@ -70,7 +68,8 @@ def explain_files(
     prior: str | os.PathLike | dict | None = None,
     **options,
 ) -> dict:
-    """Explain two image files; write heat-map overlays (PNG), raw maps (.npy) and result.json to ``out``.
+    """Explain two image files; write heat-map overlays (PNG), raw maps (.npy) and result.json to ``out``
+(:func:`~sane.explain.outputs.write_explanation`, as `sane request` does); returns result.json's content.
 
     With ``attributes`` the query's top_k attributes (SPEC §4, :class:`AttributeRanker`) for the
     run's query map go into result.json as ``explanations``: ``attribute_model`` is an attribute
@@ -90,15 +89,6 @@ def explain_files(
         explanations = rank_attributes(preprocess.visible(q_img), result.query_map, top_k, attribute_model, prior,
                                        device)
     t_ranked = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = []
-    for name, image, saliency in (("query", q_img, result.query_map), ("reference", r_img, result.reference_map)):
-        if saliency is None:
-            continue
-        save_overlay(out / f"{name}_saliency.png", preprocess.visible(image), saliency)
-        np.save(out / f"{name}_saliency.npy", saliency.numpy().astype(np.float16))
-        files += [f"{name}_saliency.png", f"{name}_saliency.npy"]
     report = {
         "query": str(query),
         "reference": str(reference),
@@ -113,12 +103,14 @@ def explain_files(
             **({"attributes": (t_ranked - t_explained) * 1e3} if attributes else {}),
             **{k: round(v, 3) for k, v in result.timings.items()},
         },
-        "files": files + ["result.json"],
     }
     if explanations is not None:
         report["explanations"] = [e.to_dict() for e in explanations]
-    (out / "result.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    maps = {"query": result.query_map.numpy()}
+    if result.reference_map is not None:
+        maps["reference"] = result.reference_map.numpy()
+    images = {"query": preprocess.visible(q_img), "reference": preprocess.visible(r_img)}
+    return write_explanation(out, report, maps, images)
 
 
 def rank_attributes(

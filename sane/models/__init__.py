@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 # Attribute predictors (SPEC §3): SANE, its baselines and their checkpoints.
-from sane.models.attributes import (  # noqa: E402
+from sane.models.attribute_predictors import (  # noqa: E402
     ATTRIBUTE_MODELS,
     ATTRIBUTE_TRUNKS,
     AttributePredictor,

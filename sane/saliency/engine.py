@@ -13,6 +13,7 @@ A generator supplies the masks ("keep" masks, 1 = pixel visible) and how scores 
 from __future__ import annotations
 
 import time
+
 import torch
 from torch import nn
 

@@ -27,7 +27,7 @@ import yaml
 
 import sane
 from sane.models.checkpoint import LoadedModel, load_model
-from sane.serving.handler import MODEL_SPEC_FILE
+from sane.serving.worker.handler import MODEL_SPEC_FILE
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from sane.data import open_dataset
 from sane.data.synthetic import BACKGROUNDS, COLOURS, H_POSITIONS, PATTERNS, SHAPES, SIZES, V_POSITIONS
+from sane.explain.map_match import DEFAULT_TAU, heatmap_loss, map_distances, saliency_target
 from sane.images import Preprocess
 from sane.metrics import mass_inside, pointing_game
-from sane.metrics.attributes import mean_average_precision, per_attribute_ap
-from sane.models.attributes import predict_attributes, upsample_maps
-from sane.train.heatmap_loss import DEFAULT_TAU, heatmap_loss, map_distances, saliency_target
+from sane.metrics.average_precision import mean_average_precision, per_attribute_ap
+from sane.models.attribute_predictors import predict_attributes, upsample_maps
 from sane.train.saliency_cache import SaliencyCache
 
 ATTRIBUTE_GROUPS: dict[str, tuple[str, ...]] = {

@@ -33,8 +33,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sane.serving import gateway
-from sane.serving.server import (
+from sane.serving.ops import gateway
+from sane.serving.ops.server import (
     ServerError,
     _pid_alive,
     free_port,
@@ -317,7 +317,7 @@ def supervise(out: str | os.PathLike, poll: float = 1.0) -> None:
 
 def _start_supervisor(dep: Deployment) -> int:
     log = open(dep.out / "supervisor.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "sane.serving.deploy", "supervise", str(dep.out)],
+    proc = subprocess.Popen([sys.executable, "-m", "sane.serving.ops.deploy", "supervise", str(dep.out)],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     return proc.pid
 
@@ -350,7 +350,7 @@ def up(
     timeout: float = 300.0,
 ) -> Deployment:
     """Start ``instances`` TorchServe instances and the gateway; returns once ``/healthz`` is 200."""
-    from sane.serving.archive import DEFAULT_ARCHIVES
+    from sane.serving.ops.archive import DEFAULT_ARCHIVES
 
     if instances < 1:
         raise DeployError(f"--instances must be >= 1, got {instances}")
@@ -588,7 +588,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 def add_deploy_command(sub: argparse._SubParsersAction) -> None:
     """Register ``sane deploy up|down|status|keys|drain|undrain|restart``."""
-    from sane.serving.archive import DEFAULT_ARCHIVES
+    from sane.serving.ops.archive import DEFAULT_ARCHIVES
 
     deploy = sub.add_parser("deploy", help="N TorchServe instances behind the HAProxy gateway (keys, drain, rolling restart)")
     dsub = deploy.add_subparsers(dest="deploy_cmd", required=True)
@@ -636,11 +636,11 @@ def add_deploy_command(sub: argparse._SubParsersAction) -> None:
 
 
 if __name__ == "__main__":
-    # the supervisor: python -m sane.serving.deploy supervise OUT
-    # a pod's preStop: python -m sane.serving.deploy wait-idle MANAGEMENT_URL [SETTLE_S [TIMEOUT_S]]
+    # the supervisor: python -m sane.serving.ops.deploy supervise OUT
+    # a pod's preStop: python -m sane.serving.ops.deploy wait-idle MANAGEMENT_URL [SETTLE_S [TIMEOUT_S]]
     if len(sys.argv) == 3 and sys.argv[1] == "supervise":
         supervise(sys.argv[2])
     elif 3 <= len(sys.argv) <= 5 and sys.argv[1] == "wait-idle":
         wait_idle(sys.argv[2], *map(float, sys.argv[3:]))
     else:
-        sys.exit("usage: python -m sane.serving.deploy supervise OUT | wait-idle MANAGEMENT_URL [SETTLE_S [TIMEOUT_S]]")
+        sys.exit("usage: python -m sane.serving.ops.deploy supervise OUT | wait-idle MANAGEMENT_URL [SETTLE_S [TIMEOUT_S]]")

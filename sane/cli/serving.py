@@ -35,8 +35,8 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def _cmd_archive(args: argparse.Namespace) -> int:
-    from sane.model_args import load_from_args
-    from sane.serving.archive import build_archive, merge_config, profile_config
+    from sane.cli.model_args import load_from_args
+    from sane.serving.ops.archive import build_archive, merge_config, profile_config
 
     overrides = _overrides(args.set)
     sizes = {"gpus": args.gpus, "workers_per_gpu": args.workers_per_gpu, "workers": args.workers, "cores": args.cores}
@@ -67,7 +67,13 @@ def _describe_profile(profile: dict[str, Any]) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from sane.serving.server import ServerError, render_properties, running_server, start_server, stop_server
+    from sane.serving.ops.server import (
+        ServerError,
+        render_properties,
+        running_server,
+        start_server,
+        stop_server,
+    )
 
     workdir = Path(args.workdir)
     if args.stop:
@@ -124,8 +130,8 @@ def _request_target(args: argparse.Namespace) -> tuple[str, str, str | None]:
     deployment in ``--deploy`` (its gateway), else the `sane serve` in ``--workdir``, else the default
     deployment if one runs, else 127.0.0.1:8080/7070. The key: ``--key``, else ``$SANE_API_KEY``, else
     (a `sane serve` with TorchServe token auth on) its inference token."""
-    from sane.serving.deploy import DEFAULT_OUT, Deployment
-    from sane.serving.server import read_keys, running_server
+    from sane.serving.ops.deploy import DEFAULT_OUT, Deployment
+    from sane.serving.ops.server import read_keys, running_server
 
     key = args.key or os.environ.get("SANE_API_KEY") or None
     url, grpc_address = "http://127.0.0.1:8080", "127.0.0.1:7070"
@@ -149,7 +155,7 @@ def _cmd_request(args: argparse.Namespace) -> int:
     if args.grpc is not None:
         import grpc
 
-        from sane.serving.grpc_client import GrpcClient
+        from sane.serving.ops.grpc_client import GrpcClient
 
         try:
             with GrpcClient(grpc_address, key) as client:
@@ -160,7 +166,7 @@ def _cmd_request(args: argparse.Namespace) -> int:
             return 1
         status = 400 if "error" in response else 200
     else:
-        from sane.serving.http_client import HttpClient
+        from sane.serving.ops.http_client import HttpClient
 
         status, response = HttpClient(url, key).request(args.archive, query, reference, options, body=args.body)
     if status != 200 or "error" in response:
@@ -173,60 +179,42 @@ def _cmd_request(args: argparse.Namespace) -> int:
 
 
 def write_response(response: dict, out: str | Path, query_path: str, reference_path: str) -> list[str]:
-    """Write a saliency response: the server's heat maps (PNG), overlays on the input images, the raw
-    float16 maps (.npy) and result.json (the response without its base64 blobs). Returns report lines."""
+    """Write a served explanation as `sane explain` writes one (:func:`~sane.explain.outputs.write_explanation`):
+    overlays on the input images (cropped to a map's ``box``), raw float16 maps (.npy), the server's
+    own heat maps, result.json (the response without its base64 blobs). Returns the lines to print."""
     import base64
 
-    import numpy as np
-
-    from sane.heatmap import save_overlay
+    from sane.explain.outputs import summary_lines, write_explanation
     from sane.images import open_image
-    from sane.serving.encoding import decode_npy
+    from sane.serving.worker.encoding import decode_npy
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    summary = json.loads(json.dumps(response))
+    report = {"query": str(query_path), "reference": str(reference_path), **json.loads(json.dumps(response))}
+    maps, images, heatmaps = {}, {}, {}
     for name, source in (("query", query_path), ("reference", reference_path)):
-        part = (response.get("saliency") or {}).get(name)
+        part = (report.get("saliency") or {}).get(name)
         if not part:
             continue
         if "png" in part:
-            (out / f"{name}_heatmap.png").write_bytes(base64.b64decode(part["png"]))
-            written.append(f"{name}_heatmap.png")
+            heatmaps[name] = base64.b64decode(part.pop("png"))
         if "npy" in part:
-            saliency = decode_npy(part["npy"])
-            np.save(out / f"{name}_saliency.npy", saliency)
+            maps[name] = decode_npy(part.pop("npy"))
             image = open_image(source, name)
-            if part.get("box"):  # the part of the image the model saw (a cropping preprocess)
-                image = image.crop(tuple(part["box"]))
-            save_overlay(out / f"{name}_saliency.png", image, saliency.astype(np.float32))
-            written += [f"{name}_saliency.npy", f"{name}_saliency.png"]
-        for key in ("png", "npy"):
-            if key in summary["saliency"][name]:
-                summary["saliency"][name][key] = f"<{len(part[key])} base64 chars>"
-    for name in ("query", "reference"):
-        if name in (summary.get("embeddings") or {}):
-            summary["embeddings"][name]["npy"] = f"<{len(response['embeddings'][name]['npy'])} base64 chars>"
-    (out / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
-    written.append("result.json")
-    lines = [f"similarity {response['similarity']:.4f}"
-             + (f" ({response['method']}, mode={response['mode']}, "
-                f"{response['timing_ms'].get('handler', 0):.0f} ms in the handler)" if "method" in response else "")]
-    lines += [f"  {e['attribute']:<12} score {e['score']:.4f} (confidence {e['confidence']:.3f}, "
-              f"match {e['match']:.3f}, prior {e['prior']:.3f})" for e in response.get("explanations") or []]
-    return lines + [f"wrote {out / name}" for name in written]
+            images[name] = image.crop(tuple(part["box"])) if part.get("box") else image  # what the model saw
+    for part in (report.get("embeddings") or {}).values():
+        part["npy"] = f"<{len(part['npy'])} base64 chars>"
+    result = write_explanation(out, report, maps, images, heatmaps)
+    return summary_lines(result, out)
 
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``archive``, ``serve``, ``request`` and ``deploy`` on the `sane` command's subparsers."""
-    from sane.serving.archive import ARCHIVES, DEFAULT_ARCHIVES
-    from sane.serving.deploy import add_deploy_command
+    from sane.serving.ops.archive import ARCHIVES, DEFAULT_ARCHIVES
+    from sane.serving.ops.deploy import add_deploy_command
 
     archive = sub.add_parser("archive", help="build TorchServe archives (model_store/*.mar) with torch-model-archiver")
     archive.add_argument("names", nargs="*", default=list(DEFAULT_ARCHIVES), metavar="NAME",
                          help=f"archives to build, of {', '.join(ARCHIVES)} (default: {' '.join(DEFAULT_ARCHIVES)})")
-    from sane.model_args import add_model_options
+    from sane.cli.model_args import add_model_options
 
     add_model_options(archive)
     archive.add_argument("--code", action="append", metavar="PATH",

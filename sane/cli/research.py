@@ -15,9 +15,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from sane.cli.model_args import add_model_options, load_from_args
 from sane.data.synthetic import DEFAULT_CLASSES_BY
-from sane.model_args import add_model_options, load_from_args
-from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS, DEFAULT_TAU
+from sane.explain.map_match import DEFAULT_QUERY_MASKS, DEFAULT_TAU
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 # Forward batch of the evaluation commands (eval-explanations/eval-attributes, estimate-prior,
@@ -67,7 +67,7 @@ def _cmd_cache_saliency(args: argparse.Namespace) -> int:
 
 def _cmd_train_attributes(args: argparse.Namespace) -> int:
     """Train one attribute model and print its best validation mAP."""
-    from sane.train.attributes import train_attributes
+    from sane.train.attribute_model import train_attributes
 
     report = train_attributes(
         args.data, args.out, kind=args.model, cache=args.cache, arch=args.arch, image_size=args.image_size,
@@ -82,7 +82,7 @@ def _cmd_train_attributes(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate_attributes(args: argparse.Namespace) -> int:
     """Recompute the presence thresholds of an attribute checkpoint."""
-    from sane.train.attributes import calibrate_attributes
+    from sane.train.attribute_model import calibrate_attributes
 
     thresholds = calibrate_attributes(args.model, args.data, args.calibration, args.val_fraction, args.seed,
                                       args.out, progress=not args.quiet)
@@ -108,9 +108,9 @@ def _cmd_estimate_prior(args: argparse.Namespace) -> int:
 
 def _cmd_tune_ranker(args: argparse.Namespace) -> int:
     """SPEC §4's w and γ per attribute model on validation pairs, written into the checkpoints."""
+    from sane.evaluation.tuning import format_selection, tune_ranker
     from sane.explain.ranker import load_prior
-    from sane.explain.tuning import format_selection, tune_ranker
-    from sane.models.attributes import default_attribute_weights
+    from sane.models.attribute_predictors import default_attribute_weights
 
     paths = {"sane": args.sane or default_attribute_weights("sane"),
              "classifier": args.classifier or default_attribute_weights("classifier")}
@@ -138,8 +138,12 @@ def write_report(out: str | None, report: dict) -> None:
 
 def _cmd_eval_attributes(args: argparse.Namespace) -> int:
     """mAP and activation-map pointing game of one attribute model; without --model, the paper's table."""
-    from sane.evaluation.attributes import evaluate_attributes, format_attribute_report, saliency_agreement
-    from sane.models.attributes import load_attributes
+    from sane.evaluation.attribute_predictions import (
+        evaluate_attributes,
+        format_attribute_report,
+        saliency_agreement,
+    )
+    from sane.models.attribute_predictors import load_attributes
 
     if args.model is None:
         return _cmd_eval_explanations(args)
@@ -158,7 +162,7 @@ def _cmd_eval_explanations(args: argparse.Namespace) -> int:
     """Attribute insertion/deletion of Random, the classifier and SANE, against the exact counterfactual."""
     from sane.evaluation.attribute_explanations import evaluate_explanations, format_explanation_table
     from sane.explain.ranker import load_prior
-    from sane.models.attributes import default_attribute_weights, load_attributes
+    from sane.models.attribute_predictors import default_attribute_weights, load_attributes
     from sane.models.checkpoint import default_weights_path
 
     bench = args.benchmark
@@ -213,8 +217,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     """Every step from a data directory to the evaluation reports, resumable, under --out."""
     from dataclasses import fields
 
-    from sane.model_args import declarations, factory_kwargs
-    from sane.train.pipeline import PipelineOptions, run_pipeline
+    from sane.cli.model_args import declarations, factory_kwargs
+    from sane.pipeline import PipelineOptions, run_pipeline
 
     own = {"similarity_model": args.similarity, "similarity_weights": args.weights,
            "similarity_declarations": {**declarations(args), **({"factory_kwargs": factory_kwargs(args)}

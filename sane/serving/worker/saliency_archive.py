@@ -10,10 +10,10 @@ from typing import Any
 
 from sane.errors import InputError
 from sane.saliency import GENERATORS, SaliencyResult, make_generator
-from sane.serving.encoding import encode_map
-from sane.serving.handler import PreparedPair, ServingHandler
-from sane.serving.options import SaliencyOptions, validate_saliency_options
-from sane.serving.request import RequestError
+from sane.serving.worker.encoding import encode_map
+from sane.serving.worker.handler import PreparedPair, ServingHandler
+from sane.serving.worker.options import SaliencyOptions, validate_saliency_options
+from sane.serving.worker.request import RequestError
 
 logger = logging.getLogger(__name__)
 

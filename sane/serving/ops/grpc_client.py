@@ -37,7 +37,7 @@ def default_stubs_dir() -> Path:
     """``build/grpc`` of the checkout (git-ignored), keyed by the TorchServe version."""
     from ts.version import __version__ as ts_version
 
-    from sane.serving.archive import repo_root
+    from sane.serving.ops.archive import repo_root
 
     return repo_root() / "build" / f"grpc-ts{ts_version}"
 

@@ -29,7 +29,7 @@ class ServingConfig:
     max_n_masks: int = 4000  # cap of options.n_masks (cost is linear in it)
     max_n_reference_masks: int = 500  # cap of options.n_reference_masks (mode="both")
     max_grid: int = 32  # cap of options.grid (RISE cells per side)
-    # cap of one request's cost in forward passes of one image (sane.serving.options.request_cost):
+    # cap of one request's cost in forward passes of one image (sane.serving.worker.options.request_cost):
     # RISE n_masks (+ n_reference_masks in mode both), LIME samples (x2 both), learned-mask
     # iterations x 3 (x2 both), sliding window 625 (x2 both)
     max_cost: int = 4600

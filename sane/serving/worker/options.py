@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sane.saliency import GENERATORS, MODES, SaliencyGenerator
-from sane.serving.config import ServingConfig
-from sane.serving.request import RequestError
+from sane.serving.worker.config import ServingConfig
+from sane.serving.worker.request import RequestError
 from sane.substrate import SUBSTRATES
 
 MAP_OUTPUTS = ("png", "npy")  # encodings of each saliency map in the response

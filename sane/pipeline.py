@@ -2,13 +2,13 @@
 
 Steps, in order, each the function its own `sane` command calls, every artifact under ``out``:
 
-1. ``train-similarity``    -> ``similarity.pt``            (:func:`~sane.train.similarity.train_similarity`)
+1. ``train-similarity``    -> ``similarity.pt``            (:func:`~sane.train.similarity_model.train_similarity`)
 2. ``cache-saliency``      -> ``saliency_cache/``          (:func:`~sane.train.saliency_cache.build_saliency_cache`)
-3. ``train-sane``          -> ``attributes_sane.pt``       (:func:`~sane.train.attributes.train_attributes`)
+3. ``train-sane``          -> ``attributes_sane.pt``       (:func:`~sane.train.attribute_model.train_attributes`)
 4. ``train-classifier``    -> ``attributes_classifier.pt`` (the same, λ = 0)
-5. ``calibrate``           both checkpoints' thresholds, in place (:func:`~sane.train.attributes.calibrate_attributes`)
+5. ``calibrate``           both checkpoints' thresholds, in place (:func:`~sane.train.attribute_model.calibrate_attributes`)
 6. ``estimate-prior``      -> ``prior.json``               (:func:`~sane.evaluation.prior.estimate_prior`)
-7. ``tune-ranker``         both checkpoints' prior, w and γ, in place (:func:`~sane.explain.tuning.tune_ranker`)
+7. ``tune-ranker``         both checkpoints' prior, w and γ, in place (:func:`~sane.evaluation.tuning.tune_ranker`)
 8. ``eval-attributes``     -> ``eval_attributes.json``     (both models; mAP, saliency agreement, pointing with masks)
 9. ``eval-explanations``   -> ``eval_explanations.json``   (Random / Classifier / SANE, each with its tuned ranker)
 
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
+from sane.explain.map_match import DEFAULT_QUERY_MASKS
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 STATE_FILE = "pipeline.json"
@@ -171,7 +171,7 @@ def run_pipeline(
                 f", {model.checks['dim']}-d)")
 
     def train_similarity_step() -> str:
-        from sane.train.similarity import train_similarity
+        from sane.train.similarity_model import train_similarity
 
         train_similarity(data, paths["similarity"], arch=opts.arch, dim=opts.dim, image_size=opts.image_size,
                          epochs=opts.epochs, classes_per_batch=opts.classes_per_batch, per_class=opts.per_class,
@@ -190,7 +190,7 @@ def run_pipeline(
 
     def attribute_step(kind: str) -> Callable[[], str]:
         def run() -> str:
-            from sane.train.attributes import train_attributes
+            from sane.train.attribute_model import train_attributes
 
             report = train_attributes(
                 data, paths[kind], kind=kind, cache=paths["cache"] if kind == "sane" else None,
@@ -205,7 +205,7 @@ def run_pipeline(
         return run
 
     def calibrate_step() -> str:
-        from sane.train.attributes import calibrate_attributes
+        from sane.train.attribute_model import calibrate_attributes
 
         for kind in ("sane", "classifier"):
             calibrate_attributes(paths[kind], data, opts.calibration, opts.val_fraction, opts.seed, progress=progress)
@@ -225,8 +225,8 @@ def run_pipeline(
         return f"prior by {measure}: " + ", ".join(f"{a} {p:.3f}" for a, p in top) + f"; wrote {paths['prior']}"
 
     def tune_step() -> str:
+        from sane.evaluation.tuning import format_selection, tune_ranker
         from sane.explain.ranker import load_prior
-        from sane.explain.tuning import format_selection, tune_ranker
 
         selections, utility = tune_ranker(
             similarity_source(), {kind: paths[kind] for kind in ("sane", "classifier")}, data,
@@ -236,12 +236,12 @@ def run_pipeline(
         return "; ".join(format_selection(kind, sel, utility) for kind, sel in selections.items())
 
     def eval_attributes_step() -> str:
-        from sane.evaluation.attributes import (
+        from sane.evaluation.attribute_predictions import (
             evaluate_attributes,
             format_attribute_report,
             saliency_agreement,
         )
-        from sane.models.attributes import load_attributes
+        from sane.models.attribute_predictors import load_attributes
 
         reports = {}
         for kind in ("sane", "classifier"):
@@ -259,7 +259,7 @@ def run_pipeline(
     def eval_explanations_step() -> str:
         from sane.evaluation.attribute_explanations import evaluate_explanations, format_explanation_table
         from sane.models import load_similarity
-        from sane.models.attributes import load_attributes
+        from sane.models.attribute_predictors import load_attributes
 
         similarity, preprocess = load_similarity(similarity_source(), opts.device)
         models = {kind: load_attributes(paths[kind], opts.device) for kind in ("sane", "classifier")}

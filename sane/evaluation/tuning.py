@@ -26,13 +26,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sane.data import open_dataset
+from sane.data.synthetic import ATTRIBUTE_FACTORS
 from sane.evaluation.attribute_explanations import retrieval_space, same_class_index_pairs
-from sane.explain.ranker import ATTRIBUTE_FACTORS, DEFAULT_GAMMA, DEFAULT_W, AttributeRanker, spec_score
+from sane.explain.map_match import DEFAULT_QUERY_MASKS
+from sane.explain.ranker import DEFAULT_GAMMA, DEFAULT_W, AttributeRanker, spec_score
 from sane.images import Preprocess
 from sane.metrics.counterfactual import best_factor, counterfactual_deltas
 from sane.models.embedder import Embedder
 from sane.saliency import RISE
-from sane.train.heatmap_loss import DEFAULT_QUERY_MASKS
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 
 W_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -201,7 +202,7 @@ def tune_ranker(
     and metadata kept). ``options`` go to :func:`validation_terms`. Returns the selections and the
     utility used."""
     from sane.models import load_similarity
-    from sane.models.attributes import load_attributes, read_attribute_checkpoint, save_attributes
+    from sane.models.attribute_predictors import load_attributes, read_attribute_checkpoint, save_attributes
 
     similarity_model, similarity_preprocess = load_similarity(similarity_path, device)
     models = {name: load_attributes(path, device) for name, path in attribute_paths.items()}

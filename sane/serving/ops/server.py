@@ -309,7 +309,7 @@ def temporary_server(
     """Build ``models`` into ``root/model_store`` (unless ``build`` is False: they are there already),
     start TorchServe from ``root/serve`` with ``base_config`` on fresh loopback ports, yield its
     :class:`ServerInfo` and always stop it (tests, benchmark)."""
-    from sane.serving.archive import build_archive
+    from sane.serving.ops.archive import build_archive
 
     root = Path(root)
     store = root / "model_store"

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sane.explain.ranker import AttributeExplanation, AttributeRanker, load_prior
-from sane.models.attributes import DEFAULT_ATTRIBUTE_MODEL, load_attributes
+from sane.models.attribute_predictors import DEFAULT_ATTRIBUTE_MODEL, load_attributes
 from sane.saliency import SaliencyResult
-from sane.serving.handler import PreparedPair
-from sane.serving.options import SaliencyOptions, check_int, validate_saliency_options
-from sane.serving.request import PairRequest
-from sane.serving.saliency import SaliencyHandler
+from sane.serving.worker.handler import PreparedPair
+from sane.serving.worker.options import SaliencyOptions, check_int, validate_saliency_options
+from sane.serving.worker.request import PairRequest
+from sane.serving.worker.saliency_archive import SaliencyHandler
 
 logger = logging.getLogger(__name__)
 

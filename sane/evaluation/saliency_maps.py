@@ -10,9 +10,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sane.data import LabelledImageDataset, open_dataset
-from sane.saliency import make_generator
 from sane.images import Preprocess
 from sane.metrics import insertion_deletion, mass_inside, pointing_game
+from sane.saliency import make_generator
 
 
 def positive_pairs(dataset: LabelledImageDataset, n: int, seed: int = 0) -> list[tuple[int, int]]:

@@ -29,9 +29,9 @@ from sane.models.checkpoint import LoadedModel, load_model
 from sane.models.optimize import prepare_for_inference
 from sane.models.spec import ModelSpec
 from sane.saliency.masks import BANKS
-from sane.serving.config import ServingConfig
-from sane.serving.metrics import HandlerMetrics
-from sane.serving.request import PairRequest, parse_pair_request
+from sane.serving.worker.config import ServingConfig
+from sane.serving.worker.metrics import HandlerMetrics
+from sane.serving.worker.request import PairRequest, parse_pair_request
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class PreparedPair:
     extra: dict[str, Any] = field(default_factory=dict)  # further inputs an archive decodes (``prepare``)
 
 
-MODEL_SPEC_FILE = "model_spec.json"  # what `sane archive` declares about the model (sane.serving.archive)
+MODEL_SPEC_FILE = "model_spec.json"  # what `sane archive` declares about the model (sane.serving.ops.archive)
 
 
 def load_served_model(model_dir: str, serialized: str | None, device) -> LoadedModel:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from sane.cli.model_args import add_declaration_options, add_model_options, load_from_args
+from sane.cli.research import DEFAULT_DATA, add_attribute_commands, command_line, ensure_data, write_report
+from sane.cli.serving import add_serving_commands
 from sane.errors import InputError
-from sane.model_args import add_declaration_options, add_model_options, load_from_args
+from sane.explain.outputs import summary_lines
 from sane.saliency import GENERATORS
-from sane.serving.commands import add_serving_commands
-from sane.train.commands import DEFAULT_DATA, add_attribute_commands, command_line, ensure_data, write_report
 
 METHODS = sorted(GENERATORS)
 
@@ -34,7 +34,7 @@ def _cmd_data_example_pair(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_similarity(args: argparse.Namespace) -> int:
-    from sane.train.similarity import train_similarity
+    from sane.train.similarity_model import train_similarity
 
     out = train_similarity(
         args.data, args.out, arch=args.arch, dim=args.dim, image_size=args.image_size, epochs=args.epochs,
@@ -55,13 +55,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         attributes=args.attributes,
         top_k=args.top_k, attribute_model=args.attribute_model, prior=args.prior,
     )
-    print(f"similarity {report['similarity']:.4f} ({report['method']}, mode={report['mode']}, "
-          f"{report['timing_ms']['explain']:.0f} ms)")
-    for rank, e in enumerate(report.get("explanations", []), 1):
-        print(f"{rank}. {e['attribute']:<12} score {e['score']:.4f} (confidence {e['confidence']:.3f}, "
-              f"match {e['match']:.3f}, prior {e['prior']:.3f}){'' if e['present'] else ' [below threshold]'}")
-    for name in report["files"]:
-        print(f"wrote {Path(args.out) / name}")
+    for line in summary_lines(report, args.out):
+        print(line)
     return 0
 
 

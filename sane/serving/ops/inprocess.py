@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from sane.models import default_weights_path
-from sane.serving.archive import ARCHIVES, handlers_dir, load_model_config, merge_config, repo_root
+from sane.serving.ops.archive import ARCHIVES, handlers_dir, load_model_config, merge_config, repo_root
 
 
 def make_context(model_name: str, model_dir: str, serialized_file: str | None, model_yaml: dict[str, Any],

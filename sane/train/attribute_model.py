@@ -1,7 +1,7 @@
 """`sane train-attributes`: the SANE attribute predictor and its baselines (SPEC §3).
 
 Loss ``L = BCE(z, y) + lambda * L_hm`` (multi-label binary cross-entropy on the scores plus the
-saliency supervision of the activation maps, :mod:`sane.train.heatmap_loss`); the classifier and
+saliency supervision of the activation maps, :mod:`sane.explain.map_match`); the classifier and
 FashionSearchNet baselines train with lambda = 0. Adam, validation mAP after every epoch on a held-out
 share of the training-class images, the best-mAP checkpoint kept, per-epoch state for resuming.
 """
@@ -18,16 +18,16 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sane.data import open_dataset
+from sane.explain.map_match import DEFAULT_TAU, heatmap_loss, saliency_target
 from sane.images import Preprocess
-from sane.metrics.attributes import mean_average_precision
-from sane.models.attributes import (
+from sane.metrics.average_precision import mean_average_precision
+from sane.models.attribute_predictors import (
     build_attribute_model,
     load_attributes,
     predict_attributes,
     read_attribute_checkpoint,
     save_attributes,
 )
-from sane.train.heatmap_loss import DEFAULT_TAU, heatmap_loss, saliency_target
 from sane.train.saliency_cache import SaliencyCache
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from sane.models import Embedder
-from sane.serving.encoding import encode_array
-from sane.serving.handler import PreparedPair, ServingHandler
-from sane.serving.options import check_known, check_outputs
+from sane.serving.worker.encoding import encode_array
+from sane.serving.worker.handler import PreparedPair, ServingHandler
+from sane.serving.worker.options import check_known, check_outputs
 
 SIMILARITY_OUTPUTS = ("embeddings",)
 

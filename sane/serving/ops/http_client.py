@@ -1,7 +1,7 @@
 """A small HTTP client of the serving protocol (standard library only): multipart form or JSON body.
 
 ``HttpClient(url, token).request("saliency", query_bytes, reference_bytes, {"n_masks": 500})``
-returns ``(status, json_dict)``; the same call over gRPC is :class:`sane.serving.grpc_client.GrpcClient`.
+returns ``(status, json_dict)``; the same call over gRPC is :class:`sane.serving.ops.grpc_client.GrpcClient`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""SANE's saliency supervision (SPEC §3): activation maps must match similarity saliency maps.
+"""The map match of SANE (SPEC §3-4): how well an attribute's activation map matches a saliency map.
+
+It is both the training supervision of the attribute model and the ranker's ``match(a)``:
 
 ``L_hm = mean_j min(1, min_{a in P} || softmax(H_a) - softmax(tau * norm(S_j)) ||_2)`` over the
 cached saliency maps S_j of an image (one per reference), with P the image's positive attributes:
@@ -7,6 +9,8 @@ each saliency map must be explained by at least one attribute that is present. T
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -64,3 +68,12 @@ def heatmap_loss(
     if not keep.any():
         return maps.sum() * 0.0
     return best[keep].clamp(max=1.0).mean()
+
+
+def map_match(maps: torch.Tensor, saliency: torch.Tensor, tau: float = DEFAULT_TAU) -> torch.Tensor:
+    """SPEC §4's ``match`` (B, A) of every activation map (B, A, h, w) with its image's saliency map
+    (B, H', W'): one minus the training distance (:func:`map_distances` to :func:`saliency_target`)
+    over its maximum sqrt(2), in [0, 1]."""
+    target = saliency_target(saliency.float(), tuple(maps.shape[-2:]), tau)
+    dist = map_distances(maps, target[:, None])[:, 0]
+    return (1.0 - dist / math.sqrt(2.0)).clamp(0.0, 1.0)
