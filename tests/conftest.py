@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sane.data import write_dataset
+from sane.models import build_embedding
+
 
 class RegionModel(nn.Module):
     """An embedding that sees only the box ``(y0, y1, x0, x1)``: pooled pixels of the box plus a
@@ -62,3 +65,20 @@ def blocks64() -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
     coarse = torch.randn((1, 3, 8, 8), generator=gen)
     return F.interpolate(coarse, size=(64, 64), mode="nearest")[0] + 0.05 * torch.randn((3, 64, 64), generator=gen)
+
+
+# -- the attribute-model tests (tests/train, tests/models): small data, a small model -------------------
+@pytest.fixture(scope="session")
+def shapes48(tmp_path_factory) -> str:
+    """168 synthetic images (4 per class, 34 training classes) at 48 px."""
+    root = tmp_path_factory.mktemp("shapes")
+    write_dataset(root, 168, seed=5, image_size=48, progress=False)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def untrained_similarity() -> nn.Module:
+    """A small untrained similarity model: the cache only needs *a* model, deterministic on the CPU."""
+    torch.manual_seed(0)
+    return build_embedding("compact", dim=8).eval()
+

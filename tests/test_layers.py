@@ -12,6 +12,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sane"
 
@@ -168,6 +170,7 @@ print(json.dumps(sorted(m for m in sys.modules if m == "sane" or m.startswith("s
 """
 
 
+@pytest.mark.slow
 def test_a_worker_loading_every_handler_holds_no_training_or_data_set_module():
     """What a TorchServe worker imports when it loads the handler files (as ``ts`` does)."""
     out = subprocess.run([sys.executable, "-c", WORKER_PROBE, str(ROOT)], capture_output=True, text=True,

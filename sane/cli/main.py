@@ -6,8 +6,9 @@ import argparse
 import sys
 
 from sane.cli.model_args import add_declaration_options, add_model_options, load_from_args
-from sane.cli.research import DEFAULT_DATA, add_attribute_commands, command_line, ensure_data, write_report
+from sane.cli.research import add_attribute_commands, command_line, write_report
 from sane.cli.serving import add_serving_commands
+from sane.data.benchmarks import DEFAULT_DATA, ensure_data
 from sane.errors import InputError
 from sane.explain.outputs import summary_lines
 from sane.saliency import GENERATORS

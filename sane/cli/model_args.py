@@ -56,7 +56,7 @@ def add_declaration_options(parser: argparse.ArgumentParser) -> None:
 
 
 def declarations(args: argparse.Namespace) -> dict[str, Any]:
-    """The declaration keywords of :func:`sane.models.load_model` given on the command line."""
+    """The declaration keywords of :func:`sane.models.checkpoint.load_model` given on the command line."""
     found = {keyword: getattr(args, dest, None) for keyword, dest in DECLARATIONS.items()}
     return {k: v for k, v in found.items() if v is not None}
 

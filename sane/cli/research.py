@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from sane.cli.model_args import add_model_options, load_from_args
-from sane.data.synthetic import DEFAULT_CLASSES_BY
+from sane.data.benchmarks import BENCHMARK_DATA, DEFAULT_DATA, ensure_data
 from sane.explain.map_match import DEFAULT_QUERY_MASKS, DEFAULT_TAU
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
@@ -26,23 +26,7 @@ from sane.train.validation_split import DEFAULT_VAL_FRACTION
 EVAL_BATCH_SIZE = 32
 EVAL_BATCH_HELP = "forward batch (32 suits the compact model on a CPU; raise it on a GPU or for larger models)"
 
-DEFAULT_DATA = "data/shapes"
 DATA_HELP = "data directory, AwA2 or Polyvore Outfits layout"
-# Each bundled synthetic benchmark's data directory and the two factors its classes are made of
-# (sane data synth --classes-by); generated on first use by ensure_data.
-BENCHMARK_DATA = {"shapes": (DEFAULT_DATA, DEFAULT_CLASSES_BY), "shapes_bg": ("data/shapes_bg", ("shape", "background"))}
-
-
-def ensure_data(path: str) -> str:
-    """A bundled benchmark's synthetic data set is generated on first use, so evaluations work out of the box."""
-    for data_dir, classes_by in BENCHMARK_DATA.values():
-        if path == data_dir and not Path(path).is_dir():
-            from sane.data import write_dataset
-
-            option = "" if classes_by == DEFAULT_CLASSES_BY else f" --classes-by {','.join(classes_by)}"
-            print(f"{path} not found: generating it (sane data synth --out {path} --n 4200 --seed 0{option})")
-            write_dataset(path, 4200, seed=0, classes_by=classes_by)
-    return path
 
 
 def command_line() -> str:

@@ -208,8 +208,8 @@ def write_response(response: dict, out: str | Path, query_path: str, reference_p
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``archive``, ``serve``, ``request`` and ``deploy`` on the `sane` command's subparsers."""
+    from sane.cli.deploy import add_deploy_command
     from sane.serving.ops.archive import ARCHIVES, DEFAULT_ARCHIVES
-    from sane.serving.ops.deploy import add_deploy_command
 
     archive = sub.add_parser("archive", help="build TorchServe archives (model_store/*.mar) with torch-model-archiver")
     archive.add_argument("names", nargs="*", default=list(DEFAULT_ARCHIVES), metavar="NAME",

@@ -42,15 +42,9 @@ class PerturbationGenerator(SaliencyGenerator):
         batch_size: int = 256,
         seed: int = 0,
         substrate: str | float | torch.Tensor = "mean",
-        amp: bool = False,
-        channels_last: bool = False,
-        device: str | torch.device | None = None,
-        progress: bool = False,
-        fuse: bool = False,
-        compile: bool = False,
-        quantize: bool = False,
+        **kwargs,
     ):
-        super().__init__(model, batch_size, seed, amp, channels_last, device, progress, fuse, compile, quantize)
+        super().__init__(model, batch_size, seed, **kwargs)  # amp, channels_last, device, progress, ...
         self.substrate = substrate
 
     # -- what subclasses provide -------------------------------------------------------------

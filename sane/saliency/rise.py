@@ -13,7 +13,7 @@ from sane.saliency.engine import PerturbationGenerator
 from sane.saliency.masks import rise_bank
 
 # Reference masks use a seed stream of their own so they never coincide with the query masks.
-_REFERENCE_SEED_OFFSET = 1_000_003
+REFERENCE_SEED_OFFSET = 1_000_003
 
 
 class RISE(PerturbationGenerator):
@@ -61,5 +61,5 @@ class RISE(PerturbationGenerator):
         return rise_bank(self.n_masks, self.grid, self.p, size, self.seed, self.device)
 
     def reference_masks(self, size: tuple[int, int]) -> torch.Tensor:
-        seed = self.seed + _REFERENCE_SEED_OFFSET
+        seed = self.seed + REFERENCE_SEED_OFFSET
         return rise_bank(self.n_reference_masks, self.grid, self.p, size, seed, self.device)

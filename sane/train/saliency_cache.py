@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,13 @@ def build_saliency_cache(
     batch_size: int = 250,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    pick_references: Callable[[np.ndarray, np.ndarray, int, int, int], np.ndarray] = sample_references,
 ) -> Path:
     """Cache RISE maps of the training images (minus the validation hold-out) into directory ``out``.
 
+    ``pick_references(targets, pool, index, refs, seed)`` picks each image's references (indices; default
+    :func:`sample_references`, other images of its class); another picker is recorded in the manifest
+    by name, so a cache is never extended with references drawn otherwise.
     Returns ``out``. Rerunning with the same settings skips every chunk already written.
     """
     if refs < 1 or size < 1 or chunk_size < 1:
@@ -153,6 +158,8 @@ def build_saliency_cache(
         "model_fingerprint": model_fingerprint(model),
         "paths": [dataset.relative_path(i) for i in range(len(dataset))],
     }
+    if pick_references is not sample_references:
+        manifest["references"] = f"{pick_references.__module__}.{pick_references.__qualname__}"
     _check_manifest(out, manifest)
     chunks = [order[start : start + chunk_size] for start in range(0, len(order), chunk_size)]
     todo = [k for k, chunk in enumerate(chunks) if not _chunk_done(_chunk_path(out, k), chunk)]
@@ -166,7 +173,7 @@ def build_saliency_cache(
             maps = np.zeros((len(chunk), refs, size, size), dtype=np.float16)
             sims = np.zeros((len(chunk), refs), dtype=np.float16)
             for row, index in enumerate(chunk):
-                chosen = sample_references(targets, pool, int(index), refs, seed)
+                chosen = pick_references(targets, pool, int(index), refs, seed)
                 if len(chosen):
                     query = dataset[int(index)]["image"]
                     references = dataset.stack_images(chosen)

@@ -166,7 +166,7 @@ def build_archive(
     """Build ``<export_path>/<model_name>.mar`` (replacing an existing one) and return its path: an
     archive of kind ``name`` (similarity, saliency or sane) served as ``model_name`` (default ``name``).
 
-    ``model_path``: a similarity model in any format :func:`~sane.models.load_model` takes, or a
+    ``model_path``: a similarity model in any format :func:`~sane.models.checkpoint.load_model` takes, or a
     :class:`~sane.models.checkpoint.LoadedModel` with its declarations (default: the bundled
     weights); it is loaded and validated first, so a model that cannot be served fails here with a
     clear message. ``code``: further files or folders for the archive root (a factory's code that

@@ -62,7 +62,7 @@ def test_default_weights_are_bundled_and_small():
 
 def test_every_bundled_benchmark_has_its_weights_and_its_data_recipe():
     """The checkpoint folder's benchmarks and the evaluation commands' --benchmark choices are one list."""
-    from sane.cli.research import BENCHMARK_DATA
+    from sane.data.benchmarks import BENCHMARK_DATA
     from sane.models.attribute_predictors import default_attribute_weights
     from sane.models.checkpoint import BENCHMARKS
 

@@ -19,7 +19,7 @@ from sane.models import load_similarity
 from sane.saliency import RISE
 from sane.train.similarity_model import train_similarity
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUERY, REFERENCE = ROOT / "examples" / "query.jpg", ROOT / "examples" / "reference.jpg"
 
 
@@ -40,6 +40,7 @@ def test_explain_writes_overlays_maps_and_a_json_equal_to_the_library(tmp_path, 
     assert "similarity" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_explain_reports_bad_input_without_a_traceback(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
@@ -53,13 +54,23 @@ def test_explain_reports_bad_input_without_a_traceback(tmp_path):
     assert main(["explain", str(QUERY), str(REFERENCE), "--n-masks", "0", "--out", str(tmp_path)]) == 2
 
 
-def test_grayscale_and_rgba_inputs_are_explained(tmp_path):
-    Image.open(QUERY).convert("L").save(tmp_path / "gray.png")
-    Image.open(REFERENCE).convert("RGBA").save(tmp_path / "rgba.png")
-    out = tmp_path / "o"
-    assert main(["explain", str(tmp_path / "gray.png"), str(tmp_path / "rgba.png"), "--out", str(out),
-                 "--method", "sliding_window"]) == 0
-    assert json.loads((out / "result.json").read_text())["method"] == "sliding_window"
+@pytest.mark.slow
+def test_grayscale_and_rgba_inputs_are_explained_as_the_rgb_images_they_show(tmp_path):
+    gray = Image.open(QUERY).convert("L")
+    gray.save(tmp_path / "gray.png")
+    Image.open(REFERENCE).convert("RGBA").save(tmp_path / "rgba.png")  # opaque: it shows the RGB image
+    gray.convert("RGB").save(tmp_path / "gray_rgb.png")
+    Image.open(REFERENCE).convert("RGB").save(tmp_path / "rgb.png")
+    runs = {}
+    for name, (q, r) in {"given": ("gray.png", "rgba.png"), "rgb": ("gray_rgb.png", "rgb.png")}.items():
+        out = tmp_path / name
+        assert main(["explain", str(tmp_path / q), str(tmp_path / r), "--out", str(out), "--method", "sliding_window",
+                     "--no-attributes"]) == 0
+        runs[name] = (json.loads((out / "result.json").read_text()), np.load(out / "query_saliency.npy"))
+    (given, given_map), (rgb, rgb_map) = runs["given"], runs["rgb"]
+    assert given["method"] == "sliding_window" and given["similarity"] == rgb["similarity"]
+    np.testing.assert_array_equal(given_map, rgb_map)
+    assert np.ptp(given_map) > 0  # a real map, not a constant
 
 
 @pytest.mark.slow

@@ -69,6 +69,7 @@ def test_checkpoint_carries_tuned_defaults_that_the_ranker_uses(tmp_path):
     assert (plain.w, plain.gamma) == (0.5, 1.0) and torch.allclose(plain.prior, torch.full((3,), 1 / 3))
 
 
+@pytest.mark.slow
 def test_tune_ranker_command_writes_the_choice_into_copies_of_the_bundled_models(tmp_path, capsys):
     import shutil
 

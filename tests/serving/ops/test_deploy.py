@@ -30,7 +30,7 @@ from sane.serving.ops.server import free_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ARCHIVE = {"batchSize": 4, "maxBatchDelay": 20, "handler": {"max_n_masks": 200, "default_n_masks": 40}}
 
 

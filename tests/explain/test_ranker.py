@@ -21,7 +21,7 @@ from sane.models import load_similarity
 from sane.models.attribute_predictors import load_attributes
 from sane.saliency import RISE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUERY, REFERENCE = ROOT / "examples" / "query.jpg", ROOT / "examples" / "reference.jpg"
 HW = (4, 4)
 

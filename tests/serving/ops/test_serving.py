@@ -24,7 +24,7 @@ from sane.serving.worker.encoding import decode_npy
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 # Small caps and a long batch window, so that concurrent requests land in one batch.
 ARCHIVE = {"batchSize": 4, "maxBatchDelay": 400,
            "handler": {"max_n_masks": 300, "default_n_masks": 100, "batch_size": 64}}

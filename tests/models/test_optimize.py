@@ -80,6 +80,7 @@ def test_serving_config_reads_fuse_and_rejects_non_booleans():
         ServingConfig.from_model_yaml({"handler": {"fuse": "yes"}})
 
 
+@pytest.mark.slow
 def test_compiled_forward_gives_the_same_map_and_leaves_gradients_to_the_eager_model():
     model = _trained_bn_model()
     q, r = torch.randn(3, 64, 64), torch.randn(3, 64, 64)

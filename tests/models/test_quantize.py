@@ -19,7 +19,7 @@ from sane.models.embedder import Embedder
 from sane.models.optimize import quantize_int8
 from sane.saliency import LIME, RISE, LearnedMask
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUERY, REFERENCE = ROOT / "examples" / "query.jpg", ROOT / "examples" / "reference.jpg"
 BOX = (8, 24, 40, 56)  # (y0, y1, x0, x1) of the region ConvRegionModel sees: whole 8 px blocks of blocks64
 

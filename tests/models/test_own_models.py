@@ -34,7 +34,7 @@ from sane.serving.ops.inprocess import load_archive, payload, run_batch
 from sane.serving.ops.server import temporary_server
 from sane.serving.worker.encoding import decode_npy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "examples" / "own_model"
 sys.path.insert(0, str(RECIPE))
 import vit_b16  # noqa: E402  (the README's recipe, imported as users' factories are)

@@ -1,7 +1,7 @@
 """`sane serve` with the shipped config.properties (only its ports moved to free ones): an instance that
 does not stop answering after an hour. TorchServe's own token auth (keys that expire after 60 minutes,
 /ping and health checks included, and differ per instance) is off; API keys live at the gateway
-(`sane deploy`, tests/test_deploy.py). Every address is loopback; the model API is off."""
+(`sane deploy`, tests/serving/ops/test_deploy.py). Every address is loopback; the model API is off."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sane.serving.ops.server import KEY_FILE, read_properties, temporary_server
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ADDRESSES = ("inference_address", "management_address", "metrics_address", "grpc_inference_address",
              "grpc_management_address")
 

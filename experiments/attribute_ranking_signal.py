@@ -1,11 +1,11 @@
-"""Issue 4 analysis: where SANE's explanations get their edge, and how much the ranker could change it.
+"""Where SANE's attribute explanations get their edge, and how much the ranker could change it.
 
 Not part of the library or the tests: it reproduces the numbers in the README's *Attribute models*
 section (the list under "What the numbers say, honestly"). Two steps per benchmark and kind of pair:
 
-    python experiments/issue4_signal.py collect --benchmark shapes_bg --split val --pairs 400 --out runs/ana/shapes_bg_val.pt
-    python experiments/issue4_signal.py collect --benchmark shapes_bg --split test --pairs 400 --out runs/ana/shapes_bg_test.pt
-    python experiments/issue4_signal.py report --val runs/ana/shapes_bg_val.pt --test runs/ana/shapes_bg_test.pt
+    python experiments/attribute_ranking_signal.py collect --benchmark shapes_bg --split val --pairs 400 --out runs/ana/shapes_bg_val.pt
+    python experiments/attribute_ranking_signal.py collect --benchmark shapes_bg --split test --pairs 400 --out runs/ana/shapes_bg_test.pt
+    python experiments/attribute_ranking_signal.py report --val runs/ana/shapes_bg_val.pt --test runs/ana/shapes_bg_test.pt
 
 ``collect`` stores per pair the exact counterfactual Δ per factor, the query's RISE map (300 masks,
 r as reference), q's object coverage and every bundled attribute model's scores and activation maps
@@ -36,14 +36,14 @@ import collections
 import numpy as np
 import torch
 
-from sane.cli.research import BENCHMARK_DATA, EVAL_BATCH_SIZE
 from sane.data import open_dataset
-from sane.data.synthetic import FACTORS, render
+from sane.data.benchmarks import BENCHMARK_DATA
+from sane.data.synthetic import ATTRIBUTE_FACTORS, FACTORS, render
 from sane.evaluation.attribute_explanations import paired_difference, same_class_index_pairs
 from sane.evaluation.prior import smoothed_prior
 from sane.evaluation.tuning import GAMMA_GRID, W_GRID
-from sane.explain.map_match import DEFAULT_QUERY_MASKS
-from sane.explain.ranker import ATTRIBUTE_FACTORS, map_match, spec_score
+from sane.explain.map_match import DEFAULT_QUERY_MASKS, map_match
+from sane.explain.ranker import spec_score
 from sane.metrics.counterfactual import counterfactual_deltas
 from sane.models import default_weights_path, load_similarity
 from sane.models.attribute_predictors import default_attribute_weights, load_attributes
@@ -52,6 +52,7 @@ from sane.saliency import RISE
 from sane.train.validation_split import DEFAULT_VAL_FRACTION, validation_split
 
 MODELS = ("sane", "classifier", "fashionsearchnet")
+BATCH_SIZE = 32  # forward batch: the compact model's fastest on a 2-core CPU (the evaluation commands' default)
 # Each bundled benchmark's two class factors and data directory (sane eval-attributes --benchmark).
 CLASS_FACTORS = {benchmark: factors for benchmark, (_, factors) in BENCHMARK_DATA.items()}
 DATA_DIRS = {benchmark: data_dir for benchmark, (data_dir, _) in BENCHMARK_DATA.items()}
@@ -70,15 +71,14 @@ def sharing_only(values: dict[str, np.ndarray], keep: str, change: str, index: i
 def cache_shared_factor(benchmark: str, out: str, limit: int = 1020, n_masks: int = 250) -> None:
     """`sane cache-saliency` as the bundled SANE's cache was built, except that each image's references
     share exactly one class factor with it (which one drawn per reference) instead of its class."""
-    import sane.train.saliency_cache as saliency_cache
-    from sane.cli import main as sane_main
+    from sane.train.saliency_cache import build_saliency_cache
 
     data_dir = DATA_DIRS[benchmark]
     scenes = open_dataset(data_dir, split="train").scenes
     factors = CLASS_FACTORS[benchmark]
     values = factor_values(scenes, factors)
 
-    def shared_references(targets, pool, index, k, seed):  # the signature of saliency_cache.sample_references
+    def shared_references(targets, pool, index, k, seed):  # build_saliency_cache's ``pick_references``
         rng = np.random.default_rng([seed, 29, int(index)])
         chosen: list[int] = []
         for _ in range(k):
@@ -88,9 +88,8 @@ def cache_shared_factor(benchmark: str, out: str, limit: int = 1020, n_masks: in
                 chosen.append(int(rng.choice(pool_here)))
         return np.sort(np.array(chosen, dtype=np.int64))
 
-    saliency_cache.sample_references = shared_references  # this process only
-    sane_main(["cache-saliency", "--data", data_dir, "--model", str(default_weights_path(benchmark)), "--out", out,
-               "--n-masks", str(n_masks), "--limit", str(limit)])
+    model, preprocess = load_similarity(default_weights_path(benchmark))
+    build_saliency_cache(data_dir, out, model, preprocess, n_masks=n_masks, limit=limit, pick_references=shared_references)
 
 
 def nearest_other_class_pairs(embeddings: np.ndarray, targets, queries: np.ndarray, n_pairs: int,
@@ -126,7 +125,7 @@ def collect(benchmark: str, split: str, n_pairs: int, out: str, kind: str = "sam
     sim, pre = load_similarity(default_weights_path(benchmark), "cpu")
     paths = {m: default_attribute_weights(m, benchmark) for m in MODELS} | ({"sane": sane} if sane else {})
     models = {m: load_attributes(path, "cpu")[0] for m, path in paths.items()}
-    embedder = Embedder(sim, EVAL_BATCH_SIZE)
+    embedder = Embedder(sim, BATCH_SIZE)
     if split == "val":  # the pairs of sane tune-ranker (seed 0)
         rng = np.random.default_rng([0, 4])
         data = open_dataset(DATA_DIRS[benchmark], split="train", preprocess=pre)
@@ -152,7 +151,7 @@ def collect(benchmark: str, split: str, n_pairs: int, out: str, kind: str = "sam
         images = {i: every_image[i] for i in needed}
     else:
         images = dict(zip(needed, data.stack_images(needed, progress=False)))
-    rise = RISE(sim, n_masks=DEFAULT_QUERY_MASKS, batch_size=EVAL_BATCH_SIZE, seed=0, fuse=True, channels_last=True)
+    rise = RISE(sim, n_masks=DEFAULT_QUERY_MASKS, batch_size=BATCH_SIZE, seed=0, fuse=True, channels_last=True)
     rec: dict = collections.defaultdict(list)
     for qi, ri in pairs:
         deltas = counterfactual_deltas(embedder, pre, data.scenes[qi], images[ri], 3, rng)

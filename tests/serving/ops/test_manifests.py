@@ -16,7 +16,7 @@ import yaml
 from sane.serving.ops.gateway import K8S_KEYS_MAP, haproxy_binary, kubernetes_configmap
 from sane.serving.ops.server import read_properties
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "deploy" / "k8s"
 BIN = Path(sys.executable).parent
 

@@ -17,13 +17,13 @@ from PIL import Image
 from sane.explain.pair import rank_attributes
 from sane.images import load_image, open_image
 from sane.models import load_similarity
-from sane.saliency import make_generator
+from sane.saliency import RISE
 from sane.serving.ops.archive import ARCHIVES, DEFAULT_ARCHIVES, build_archive
 from sane.serving.ops.inprocess import load_handler, payload, run_batch
 from sane.serving.worker.encoding import decode_npy
 from sane.serving.worker.sane_archive import RankerSettings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "examples"
 TRANSPORTS = ("multipart", "json", "grpc")
 CAPS = {"handler": {"max_n_masks": 300, "default_n_masks": 64, "batch_size": 64, "max_top_k": 8}}
@@ -55,9 +55,10 @@ def library():
 
 
 def _expected(library, query: bytes, reference: bytes, top_k: int, n_masks: int = 64, seed: int = 0, mode="fixed", **kw):
-    """The library's result: the RISE maps, then `rank_attributes` (the `sane explain` path) on the query map."""
+    """The library's result, built as a user would (the public RISE class, not the handler's factory): the
+    RISE maps, then `rank_attributes` (the `sane explain` path) on the query map."""
     model, preprocess = library
-    generator = make_generator(model, "rise", n_masks=n_masks, seed=seed, batch_size=64, **kw)
+    generator = RISE(model, n_masks=n_masks, seed=seed, batch_size=64, **kw)
     result = generator.explain(load_image(query, preprocess), load_image(reference, preprocess), mode=mode)
     return result, rank_attributes(open_image(query), result.query_map, top_k)
 
