@@ -1,6 +1,6 @@
 """TorchServe handler of the `similarity` archive: embeddings and similarity of image pairs.
 
-A thin adapter: parsing, batching and encoding live in :mod:`sane.serving`, the computing in the
+A thin adapter: parsing, batching and encoding live in :mod:`sane.serving.worker`, the computing in the
 library. TorchServe needs exactly one class defined in this module (imported names do not count).
 """
 

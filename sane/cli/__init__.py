@@ -1,7 +1,8 @@
-"""The `sane` command, one package: the parser and the explanation commands (:mod:`sane.cli.main`),
-the research commands (:mod:`sane.cli.research`), the serving commands (:mod:`sane.cli.serving`)
-and the model options they share (:mod:`sane.cli.model_args`)."""
+"""The `sane` command, one package: the parser, the explanation and model commands
+(:mod:`sane.cli.command`), the research commands (:mod:`sane.cli.research`), the serving and deploy
+commands (:mod:`sane.cli.serving`, :mod:`sane.cli.deploy`) and the model options they share
+(:mod:`sane.cli.model_args`)."""
 
-from sane.cli.main import build_parser, main
+from sane.cli.command import build_parser, main
 
 __all__ = ["build_parser", "main"]

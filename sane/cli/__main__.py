@@ -2,6 +2,6 @@
 
 import sys
 
-from sane.cli.main import main
+from sane.cli.command import main
 
 sys.exit(main())

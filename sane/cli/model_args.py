@@ -81,3 +81,10 @@ def load_from_args(args: argparse.Namespace, flag: str = "model", default=None, 
     return load_model(getattr(args, flag, None) or default, device or getattr(args, "device", "cpu"),
                       weights=getattr(args, "weights", None), factory_kwargs=factory_kwargs(args),
                       **declarations(args))
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The model options plus where and in what batches it runs (the explain and eval commands)."""
+    add_model_options(parser)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=256)

@@ -1,10 +1,9 @@
-"""The attribute subcommands of `sane`: cache-saliency, train-attributes, calibrate-attributes,
-estimate-prior, eval-attributes, eval-explanations, and `pipeline`, which runs them all in order.
+"""The research subcommands of `sane`: data synth / example-pair, train-similarity, eval-similarity,
+eval-saliency, cache-saliency, train-attributes, calibrate-attributes, estimate-prior, tune-ranker,
+eval-attributes, eval-explanations, and `pipeline`, which runs the training and evaluation steps in order.
 
-Registered by ``add_attribute_commands(sub)`` at the end of :func:`sane.cli.build_parser`, so the
-attribute work stays out of cli.py apart from that one call. Every ``--data`` takes either layout,
-AwA2 or Polyvore Outfits (:func:`sane.data.open_dataset`). ``command_line`` and ``write_report`` serve
-cli.py's commands too.
+Registered by ``add_research_commands(sub)`` in :func:`sane.cli.command.build_parser`. Every ``--data`` of
+the attribute commands takes either layout, AwA2 or Polyvore Outfits (:func:`sane.data.open_dataset`).
 """
 
 from __future__ import annotations
@@ -15,9 +14,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from sane.cli.model_args import add_model_options, load_from_args
+from sane.cli.model_args import add_model_options, add_run_options, load_from_args
 from sane.data.benchmarks import BENCHMARK_DATA, DEFAULT_DATA, ensure_data
 from sane.explain.map_match import DEFAULT_QUERY_MASKS, DEFAULT_TAU
+from sane.saliency import GENERATORS
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 # Forward batch of the evaluation commands (eval-explanations/eval-attributes, estimate-prior,
@@ -215,8 +215,124 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_attribute_commands(sub: argparse._SubParsersAction) -> None:
-    """Add the attribute subcommands to `sane`'s subparsers."""
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from sane.data import write_dataset
+
+    root = write_dataset(args.out, args.n, seed=args.seed, image_size=args.image_size, progress=not args.quiet,
+                         classes_by=tuple(args.classes_by.split(",")))
+    print(f"wrote {args.n} images to {root}")
+    return 0
+
+
+def _cmd_data_example_pair(args: argparse.Namespace) -> int:
+    from sane.data import write_example_pair
+
+    q, r = write_example_pair(args.out, seed=args.seed, image_size=args.image_size)
+    print(f"wrote {q} and {r}")
+    return 0
+
+
+def _cmd_train_similarity(args: argparse.Namespace) -> int:
+    from sane.train.similarity_model import train_similarity
+
+    out = train_similarity(
+        args.data, args.out, arch=args.arch, dim=args.dim, image_size=args.image_size, epochs=args.epochs,
+        classes_per_batch=args.classes_per_batch, per_class=args.per_class, lr=args.lr, margin=args.margin, mining=args.mining,
+        seed=args.seed, weights=args.weights, device=args.device, progress=not args.quiet, command=command_line(),
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_eval_similarity(args: argparse.Namespace) -> int:
+    from sane.evaluation import evaluate_similarity
+
+    loaded = load_from_args(args)
+    model, preprocess = loaded.model, loaded.preprocess
+    report = evaluate_similarity(model, preprocess, ensure_data(args.data), n_pairs=args.pairs, seed=args.seed)
+    print(f"recall@1 on {report['n_images']} {report['split']} images: {report['recall@1']:.3f}")
+    if "counterfactual" in report:
+        print("mean change of s(q, r) when one factor of q is re-rendered (same-class pairs):")
+        for factor, row in report["counterfactual"].items():
+            print(f"  {factor:<12}{row['mean_delta']:+.3f} (std {row['std_delta']:.3f})")
+    write_report(args.out, report)
+    return 0
+
+
+def _cmd_eval_saliency(args: argparse.Namespace) -> int:
+    from sane.evaluation import evaluate_saliency, format_saliency_table
+
+    loaded = load_from_args(args)
+    model, preprocess = loaded.model, loaded.preprocess
+    table = evaluate_saliency(
+        model, preprocess, ensure_data(args.data), methods=tuple(args.methods), n_pairs=args.pairs,
+        n_masks=args.n_masks, n_samples=args.n_samples, iterations=args.iterations, batch_size=args.batch_size,
+        substrate=args.substrate, seed=args.seed,
+    )
+    print(format_saliency_table(table))
+    write_report(args.out, table)
+    return 0
+
+
+def add_research_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the research subcommands to `sane`'s subparsers."""
+    methods = sorted(GENERATORS)
+    data = sub.add_parser("data", help="generate data sets").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the Shapes with Attributes data set (AwA2 format)")
+    synth.add_argument("--out", default=DEFAULT_DATA)
+    synth.add_argument("--n", type=int, default=4200, help="number of images (spread over the classes)")
+    synth.add_argument("--classes-by", default="shape,colour",
+                       help="the two factors a class is defined by (default shape,colour: 42 classes; "
+                            "shape,background: 24 classes whose explaining factors lie apart)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--image-size", type=int, default=112)
+    synth.add_argument("--quiet", action="store_true")
+    synth.set_defaults(func=_cmd_data_synth)
+    pair = data.add_parser("example-pair", help="write query.jpg and reference.jpg of one class")
+    pair.add_argument("--out", default="examples")
+    pair.add_argument("--seed", type=int, default=0)
+    pair.add_argument("--image-size", type=int, default=112)
+    pair.set_defaults(func=_cmd_data_example_pair)
+
+    train = sub.add_parser("train-similarity", help="train a similarity model with a triplet loss")
+    train.add_argument("--data", default=DEFAULT_DATA, help="AwA2-format directory")
+    train.add_argument("--out", required=True, help="checkpoint path to write")
+    train.add_argument("--arch", default="compact", choices=["compact", "resnet18", "resnet50"])
+    train.add_argument("--dim", type=int, default=64)
+    train.add_argument("--image-size", type=int, default=112)
+    train.add_argument("--epochs", type=int, default=15)
+    train.add_argument("--classes-per-batch", type=int, default=8)
+    train.add_argument("--per-class", type=int, default=4)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--margin", type=float, default=0.2)
+    train.add_argument("--mining", default="batch_all", choices=["batch_all", "batch_hard"])
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--weights", default=None, help="torchvision weights name for resnet trunks (downloads)")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=_cmd_train_similarity)
+
+    eval_sim = sub.add_parser("eval-similarity", help="recall@1 and the counterfactual table")
+    eval_sim.add_argument("--data", default=DEFAULT_DATA)
+    add_run_options(eval_sim)
+    eval_sim.add_argument("--pairs", type=int, default=300, help="pairs for the counterfactual table")
+    eval_sim.add_argument("--seed", type=int, default=0)
+    eval_sim.add_argument("--out", default=None, help="also write the report as JSON here")
+    eval_sim.set_defaults(func=_cmd_eval_similarity)
+
+    eval_sal = sub.add_parser("eval-saliency", help="compare saliency generators on synthetic test pairs")
+    eval_sal.add_argument("--data", default=DEFAULT_DATA)
+    add_run_options(eval_sal)
+    eval_sal.add_argument("--methods", nargs="+", default=["rise", "sliding_window", "random"], choices=methods)
+    eval_sal.add_argument("--pairs", type=int, default=50)
+    eval_sal.add_argument("--n-masks", type=int, default=1000)
+    eval_sal.add_argument("--n-samples", type=int, default=None, help="LIME samples (default 1000)")
+    eval_sal.add_argument("--iterations", type=int, default=None, help="learned-mask steps (default 500)")
+    eval_sal.add_argument("--substrate", default="constant", choices=["constant", "blur"])
+    eval_sal.add_argument("--seed", type=int, default=0)
+    eval_sal.add_argument("--out", default="results/eval_saliency.json", help="JSON table path ('' to skip)")
+    eval_sal.set_defaults(func=_cmd_eval_saliency)
+
     cache = sub.add_parser("cache-saliency", help="cache RISE maps of training images against same-class references")
     cache.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     cache.add_argument("--out", required=True, help="cache directory (a rerun resumes it)")

@@ -182,7 +182,7 @@ def test_sane_request_and_the_clients_talk_to_the_gateway_with_a_key(dep, key, s
     assert sane_main(base) == 1
     assert "401" in capsys.readouterr().out
     url, grpc_address = dep.urls()
-    for script, target in (("http_client.py", ["--url", url]), ("grpc_client.py", ["--address", grpc_address])):
+    for script, target in (("explain_over_http.py", ["--url", url]), ("explain_over_grpc.py", ["--address", grpc_address])):
         cmd = [sys.executable, str(ROOT / "clients" / script), q, r, *target, "--n-masks", "20",
                "--out", str(tmp_path / script)]
         env = {**os.environ, "SANE_API_KEY": key}

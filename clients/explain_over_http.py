@@ -1,6 +1,6 @@
 """Explain an image pair over HTTP with nothing but the standard library (and numpy for the map).
 
-    python clients/http_client.py examples/query.jpg examples/reference.jpg \
+    python clients/explain_over_http.py examples/query.jpg examples/reference.jpg \
         --url http://127.0.0.1:8080 --key "$SANE_API_KEY" --mode both --out out/http
 
 Through the gateway (`sane deploy up`) send its API key; sends a multipart form (``--json`` for a JSON body with base64 images) to ``/predictions/saliency``

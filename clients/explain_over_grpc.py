@@ -1,6 +1,6 @@
 """Explain an image pair over gRPC (TorchServe's ``Predictions`` RPC).
 
-    python clients/grpc_client.py examples/query.jpg examples/reference.jpg \
+    python clients/explain_over_grpc.py examples/query.jpg examples/reference.jpg \
         --address 127.0.0.1:7070 --key "$SANE_API_KEY" --mode both --out out/grpc
 
 Through the gateway (`sane deploy up`) the call carries its API key as metadata
