@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sane.cli.model_args import add_declaration_options, add_run_options, load_from_args
+from sane.cli.model_args import add_declaration_options, add_run_options, load_from_args, mask_count
 from sane.cli.research import add_research_commands
 from sane.cli.serving import add_serving_commands
 from sane.errors import InputError
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--mode", default="fixed", choices=["fixed", "both"])
     explain.add_argument("--out", default="out", help="directory for the PNG overlays and result.json")
     add_run_options(explain)
-    explain.add_argument("--n-masks", type=int, default=2000, help="RISE masks")
+    explain.add_argument("--n-masks", type=mask_count, default=2000,
+                         help="RISE masks, or 'auto': stop when the map has converged (at most 2000)")
     explain.add_argument("--n-samples", type=int, default=None, help="LIME samples (default 1000)")
     explain.add_argument("--iterations", type=int, default=None, help="learned-mask steps (default 500)")
     explain.add_argument("--seed", type=int, default=0)

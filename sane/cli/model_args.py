@@ -88,3 +88,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=256)
+
+
+def mask_count(text: str) -> int | str:
+    """``--n-masks``: a number of masks, or ``auto`` (RISE stops when its map has converged)."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of masks or 'auto', got {text!r}") from None

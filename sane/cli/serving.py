@@ -150,7 +150,9 @@ def _request_target(args: argparse.Namespace) -> tuple[str, str, str | None]:
 
 def _cmd_request(args: argparse.Namespace) -> int:
     url, grpc_address, key = _request_target(args)
-    query, reference = Path(args.query).read_bytes(), Path(args.reference).read_bytes()
+    query = Path(args.query).read_bytes()
+    references = [Path(path).read_bytes() for path in args.reference]
+    reference = references[0] if len(references) == 1 else references
     options = _request_options(args)
     if args.grpc is not None:
         import grpc
@@ -173,7 +175,15 @@ def _cmd_request(args: argparse.Namespace) -> int:
         print(f"sane: error: the server answered {status}: {response.get('error', response)}"
               + (f" (field {response['field']})" if response.get("field") else ""))
         return 1
-    for line in write_response(response, args.out, args.query, args.reference):
+    if len(args.reference) == 1:
+        lines = write_response(response, args.out, args.query, args.reference[0])
+    else:  # one folder per reference, each as for a single reference
+        common = {k: v for k, v in response.items() if k != "references"}
+        lines = []
+        for k, (path, entry) in enumerate(zip(args.reference, response["references"])):
+            lines += [f"reference {k}: {path}"] + write_response({**common, **entry}, Path(args.out) / f"reference_{k}",
+                                                                  args.query, path)
+    for line in lines:
         print(line)
     return 0
 
@@ -200,7 +210,7 @@ def write_response(response: dict, out: str | Path, query_path: str, reference_p
             maps[name] = decode_npy(part.pop("npy"))
             image = open_image(source, name)
             images[name] = image.crop(tuple(part["box"])) if part.get("box") else image  # what the model saw
-    for part in (report.get("embeddings") or {}).values():
+    for part in [*(report.get("embeddings") or {}).values(), *([report["embedding"]] if "embedding" in report else [])]:
         part["npy"] = f"<{len(part['npy'])} base64 chars>"
     result = write_explanation(out, report, maps, images, heatmaps)
     return summary_lines(result, out)
@@ -214,7 +224,7 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     archive = sub.add_parser("archive", help="build TorchServe archives (model_store/*.mar) with torch-model-archiver")
     archive.add_argument("names", nargs="*", default=list(DEFAULT_ARCHIVES), metavar="NAME",
                          help=f"archives to build, of {', '.join(ARCHIVES)} (default: {' '.join(DEFAULT_ARCHIVES)})")
-    from sane.cli.model_args import add_model_options
+    from sane.cli.model_args import add_model_options, mask_count
 
     add_model_options(archive)
     archive.add_argument("--code", action="append", metavar="PATH",
@@ -255,7 +265,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
 
     request = sub.add_parser("request", help="send one explanation request to a running server; write heat maps")
     request.add_argument("query", help="query image file")
-    request.add_argument("reference", help="reference image file")
+    request.add_argument("reference", nargs="+",
+                         help="reference image file; several: one request with K references (sent as `references`)")
     request.add_argument("--archive", default="saliency", help="archive to ask (saliency, sane, similarity)")
     request.add_argument("--url", default=None,
                          help="HTTP URL (default: the gateway of --deploy, else the `sane serve` of --workdir, else "
@@ -270,7 +281,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                               "inference token of a TorchServe whose token auth is on")
     request.add_argument("--method", default=None)
     request.add_argument("--mode", default=None, choices=["fixed", "both"])
-    request.add_argument("--n-masks", dest="n_masks", type=int, default=None)
+    request.add_argument("--n-masks", dest="n_masks", type=mask_count, default=None,
+                         help="the generator's size (RISE masks, or 'auto': until the map has converged)")
     request.add_argument("--seed", type=int, default=None)
     request.add_argument("--options", default=None, help="further options as a JSON object")
     request.add_argument("--out", default="out/request", help="directory for heat maps, maps and result.json")

@@ -95,7 +95,8 @@ def explain_files(
         "similarity": float(result.similarity),
         "method": result.method,
         "mode": result.mode,
-        "options": {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))},
+        "options": {k: v for k, v in options.items() if isinstance(v, (int, float, str, bool))}
+        | ({"n_masks_used": result.n_masks_used} if options.get("n_masks") == "auto" else {}),
         "preprocess": preprocess.to_dict(),
         "timing_ms": {
             "load": (t_loaded - start) * 1e3,

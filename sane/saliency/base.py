@@ -82,13 +82,15 @@ class SaliencyGenerator:
     - ``size_option``: the constructor argument that sets how much work one map takes (RISE's
       ``n_masks``, LIME's ``n_samples``, the learned mask's ``iterations``), None for a fixed size;
     - ``shares_stream``: whether :meth:`explain_pairs` explains B pairs as one stream of masked
-      images (the perturbation engine) rather than one pair at a time.
+      images (the perturbation engine) rather than one pair at a time;
+    - ``auto_size``: whether the size option takes ``"auto"`` (stop when the map has converged).
     """
 
     method = "generator"
     modes: tuple[str, ...] = MODES
     size_option: str | None = None
     shares_stream = False
+    auto_size = False
 
     def __init__(
         self,
@@ -141,9 +143,10 @@ class SaliencyGenerator:
         return mode
 
     @classmethod
-    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
-        """Forward-pass equivalents of one map (one image at the model's size through the backbone)
-        with these constructor ``options`` (defaults for the rest): what a server's budget bounds."""
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None, references: int = 1) -> int:
+        """Forward-pass equivalents (one image at the model's size through the backbone) of explaining
+        one query against ``references`` references with these constructor ``options`` (defaults for
+        the rest): what a server's budget bounds."""
         raise NotImplementedError
 
     # -- the template -------------------------------------------------------------------------------

@@ -94,13 +94,15 @@ class PerturbationGenerator(SaliencyGenerator):
         targets: torch.Tensor | None = None,
         condition=None,
         keep_embeddings: bool = False,
+        sums: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Embed each of U ``images`` (U, 3, H, W) under every mask (N, H, W): one stream, every forward
         batch holding ``batch_size // U`` masks applied to all U images.
 
         With ``targets`` (B, D), or (B, T, D) for a distance, and ``owner`` (B,) — map b explains image
         ``owner[b]`` against ``targets[b]`` (the mean score over its T targets) — the (B, H*W) maps are accumulated
-        on the fly; with ``keep_embeddings`` the (U, N, D) masked embeddings are returned too.
+        on the fly; with ``keep_embeddings`` the (U, N, D) masked embeddings are returned too. ``sums``
+        (numerator (B, H*W), coverage (H*W)) continues a map over earlier masks: they are added to in place.
         """
         dev = self.device
         u, n = len(images), len(masks)
@@ -112,8 +114,8 @@ class PerturbationGenerator(SaliencyGenerator):
         num = cov = None
         if targets is not None:
             owner, targets = owner.to(dev), targets.to(dev)
-            num = torch.zeros((len(targets), hw), device=dev)
-            cov = torch.zeros(hw, device=dev)
+            num, cov = sums if sums is not None else (torch.zeros((len(targets), hw), device=dev),
+                                                      torch.zeros(hw, device=dev))
         kept = []
         steps = range(0, n, per_step)
         if self.progress:
@@ -134,6 +136,15 @@ class PerturbationGenerator(SaliencyGenerator):
                 self._accumulate(num, cov, self._score(scores), m)
         maps = num / cov.clamp_min(1e-6) if num is not None else None
         return maps, (torch.cat(kept, 1) if keep_embeddings else None)
+
+    def _query_maps(
+        self, queries: torch.Tensor, owner: torch.Tensor, targets: torch.Tensor, size: tuple[int, int], condition
+    ) -> tuple[torch.Tensor, int]:
+        """The (B, H*W) query maps and how many query masks made them: every mask of :meth:`query_masks`
+        (an adaptive generator overrides this to stop early)."""
+        masks = self.query_masks(size)
+        maps, _ = self._stream(queries, masks, owner, targets, condition)
+        return maps, len(masks)
 
     def _maps_from_embeddings(
         self, embeddings: torch.Tensor, owner: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor
@@ -157,10 +168,10 @@ class PerturbationGenerator(SaliencyGenerator):
         r_owner: torch.Tensor,
         mode: str,
         condition=None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict[str, float], int]:
         """B maps of distinct queries (U, 3, H, W) and references (V, 3, H, W): pair b is
         (queries[q_owner[b]], references[r_owner[b]]). Returns query maps (B, H, W), reference maps
-        (B, H, W) or None, similarities (B,) and timings."""
+        (B, H, W) or None, similarities (B,), timings and the number of query masks used."""
         t_start = time.perf_counter()
         dev = self.device
         q_owner, r_owner = q_owner.to(dev), r_owner.to(dev)
@@ -170,39 +181,38 @@ class PerturbationGenerator(SaliencyGenerator):
         emb = self.embedder(unmodified, condition)
         q_emb, r_emb = emb[: len(queries)][q_owner], emb[len(queries) :][r_owner]  # (B, D) per pair
         similarity = self.embedder.embedding.score(q_emb, r_emb)
-        qmasks = self.query_masks((h, w))
         t_masks = time.perf_counter()
         ref_maps = None
         if mode == "fixed":
-            qmaps, _ = self._stream(queries, qmasks, q_owner, r_emb, condition)
+            qmaps, n_used = self._query_maps(queries, q_owner, r_emb, (h, w), condition)
         else:
             rmasks = self.reference_masks((h, w))
             _, ref_embs = self._stream(references, rmasks, condition=condition, keep_embeddings=True)  # (V, R, D)
             # mean_j s(q_i, r_j): a linear similarity scores q_i . mean_j r_j, one target per pair for all
             # N query masks; a distance scores every r_j (EmbeddingSpec.targets).
             targets = self.embedder.embedding.targets(ref_embs[r_owner])
-            qmaps, _ = self._stream(queries, qmasks, q_owner, targets, condition)
+            qmaps, n_used = self._query_maps(queries, q_owner, targets, (h, w), condition)
             # Reference maps score the masked references against the unmodified query. Averaging over
             # the masked queries instead favours half-masked references (s(q_i, r_j) peaks where r_j
             # is masked as much as q_i): on the tests' RegionModel it missed the region at 1000 masks.
             ref_maps = self._maps_from_embeddings(ref_embs, r_owner, q_emb, rmasks).reshape(-1, h, w).float().cpu()
         qmaps = qmaps.reshape(-1, h, w).float().cpu()
         timings = {"setup_ms": (t_masks - t_start) * 1e3, "total_ms": (time.perf_counter() - t_start) * 1e3}
-        return qmaps, ref_maps, similarity.cpu(), timings
+        return qmaps, ref_maps, similarity.cpu(), timings, n_used
 
     def _explain(self, query: torch.Tensor, references: torch.Tensor, mode: str, condition) -> SaliencyResult:
         k = len(references)
-        qmaps, ref_maps, similarity, timings = self._explain_stream(
+        qmaps, ref_maps, similarity, timings, n_used = self._explain_stream(
             query[None], torch.zeros(k, dtype=torch.long), references, torch.arange(k), mode, condition
         )
-        return SaliencyResult(qmaps, ref_maps, similarity, self.method, mode, timings)
+        return SaliencyResult(qmaps, ref_maps, similarity, self.method, mode, timings, n_used)
 
     def _explain_pairs(
         self, queries: list[torch.Tensor], references: list[torch.Tensor], mode: str, condition
     ) -> list[SaliencyResult]:
         uq, q_owner = _distinct(queries)
         ur, r_owner = _distinct(references)
-        qmaps, ref_maps, similarity, timings = self._explain_stream(
+        qmaps, ref_maps, similarity, timings, n_used = self._explain_stream(
             torch.stack(uq), q_owner, torch.stack(ur), r_owner, mode, condition
         )
         return [
@@ -213,6 +223,7 @@ class PerturbationGenerator(SaliencyGenerator):
                 method=self.method,
                 mode=mode,
                 timings=dict(timings),
+                n_masks_used=n_used,
             )
             for b in range(len(queries))
         ]

@@ -95,8 +95,9 @@ class LearnedMask(PerturbationGenerator):
         return make_substrate(image, self.substrate).expand_as(image)
 
     @classmethod
-    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
-        return cls.BACKWARD_FACTOR * int(cls.option(options or {}, "iterations")) * (2 if mode == "both" else 1)
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None, references: int = 1) -> int:
+        per_pair = cls.BACKWARD_FACTOR * int(cls.option(options or {}, "iterations")) * (2 if mode == "both" else 1)
+        return per_pair * references  # one mask (pair) per reference
 
     def _explain(self, q: torch.Tensor, refs: torch.Tensor, mode: str, condition) -> SaliencyResult:
         dev = self.device

@@ -39,12 +39,12 @@ class LimeResult(SaliencyResult):
     intercept: float | torch.Tensor | None = None
     selected: list | None = None
 
-    def first(self) -> LimeResult:
+    def select(self, k: int) -> LimeResult:
         return replace(
-            super().first(),
-            coefficients=self.coefficients[0],
-            intercept=float(self.intercept[0]),
-            selected=self.selected[0] if self.selected is not None else None,
+            super().select(k),
+            coefficients=self.coefficients[k],
+            intercept=float(self.intercept[k]),
+            selected=self.selected[k] if self.selected is not None else None,
         )
 
 
@@ -165,8 +165,8 @@ class LIME(PerturbationGenerator):
         return z
 
     @classmethod
-    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
-        return int(cls.option(options or {}, "n_samples"))
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None, references: int = 1) -> int:
+        return int(cls.option(options or {}, "n_samples"))  # one multi-output fit serves every reference
 
     def explain(self, query: torch.Tensor, reference: torch.Tensor, mode: str = "fixed", condition=None,
                 segments: torch.Tensor | None = None) -> LimeResult:

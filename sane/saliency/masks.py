@@ -23,18 +23,26 @@ _CHUNK = 512
 MAX_BANK_BYTES = 256 * 2**20
 
 
+SAMPLINGS = ("random", "sobol")
+
+
 def rise_masks(
-    n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str | torch.device = "cpu"
+    n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str | torch.device = "cpu",
+    sampling: str = "random",
 ) -> torch.Tensor:
     """(n, H, W) float32 RISE masks in [0, 1]: random ``grid`` x ``grid`` binary cells kept with
     probability ``p``, bilinearly upsampled to ``(grid + 1) * cell`` and randomly cropped to H x W.
 
+    ``sampling="sobol"`` draws the cells and the crop offsets from a scrambled Sobol sequence (a point
+    of ``grid² + 2`` dimensions per mask, each cell kept where its coordinate is below ``p``) instead
+    of independent coin flips: every cell, pair of cells and offset is spread evenly over any
+    power-of-two prefix of the bank, so a map converges in fewer masks (quasi-Monte Carlo).
     Seeded and deterministic for the same arguments and device; cached (do not modify in place).
     """
-    return _rise_masks(*_rise_key(n, grid, p, size, seed, device))
+    return _rise_masks(*_rise_key(n, grid, p, size, seed, device, sampling))
 
 
-def _rise_key(n, grid, p, size, seed, device) -> tuple:
+def _rise_key(n, grid, p, size, seed, device, sampling="random") -> tuple:
     """The checked, normalised arguments of a RISE bank (its cache key)."""
     if n < 1:
         raise ValueError(f"n_masks must be >= 1, got {n}")
@@ -42,15 +50,18 @@ def _rise_key(n, grid, p, size, seed, device) -> tuple:
         raise ValueError(f"grid must be >= 1, got {grid}")
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
-    return int(n), int(grid), float(p), (int(size[0]), int(size[1])), int(seed), str(device)
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    return int(n), int(grid), float(p), (int(size[0]), int(size[1])), int(seed), str(device), sampling
 
 
 def rise_bank(
-    n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str | torch.device = "cpu"
+    n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str | torch.device = "cpu",
+    sampling: str = "random",
 ) -> torch.Tensor | RiseMaskStream:
     """The same masks as :func:`rise_masks`, as one cached tensor when it takes at most
     :data:`MAX_BANK_BYTES`, else as a :class:`RiseMaskStream` that makes each slice on demand."""
-    key = _rise_key(n, grid, p, size, seed, device)
+    key = _rise_key(n, grid, p, size, seed, device, sampling)
     if n * size[0] * size[1] * 4 <= MAX_BANK_BYTES:
         return _rise_masks(*key)
     return RiseMaskStream(*key)
@@ -60,8 +71,9 @@ class RiseMaskStream:
     """(n, H, W) RISE masks made slice by slice (``bank[a:b]``), equal to :func:`rise_masks`' rows
     a..b; only the n low-resolution cells and shifts are kept."""
 
-    def __init__(self, n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str):
-        self.args = (n, grid, p, size, seed, device)
+    def __init__(self, n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str,
+                 sampling: str = "random"):
+        self.args = (n, grid, p, size, seed, device, sampling)
         self.shape = torch.Size((n, *size))
 
     def __len__(self) -> int:
@@ -75,10 +87,16 @@ class RiseMaskStream:
 
 
 @lru_cache(maxsize=32)
-def _rise_cells(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str):
+def _rise_cells(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str, sampling: str = "random"):
     """The random part of a bank: binary cells (n, 1, grid, grid) and crop offsets dy, dx (n,)."""
     h, w = size
     cell_h, cell_w = math.ceil(h / grid), math.ceil(w / grid)
+    if sampling == "sobol":
+        u = torch.quasirandom.SobolEngine(grid * grid + 2, scramble=True, seed=seed).draw(n).to(device)
+        cells = (u[:, : grid * grid] < p).reshape(n, 1, grid, grid)
+        dy = (u[:, -2] * cell_h).long().clamp_(max=cell_h - 1)
+        dx = (u[:, -1] * cell_w).long().clamp_(max=cell_w - 1)
+        return cells, dy, dx
     gen = torch.Generator(device=device).manual_seed(seed)
     cells = torch.rand((n, 1, grid, grid), generator=gen, device=device) < p
     dy = torch.randint(0, cell_h, (n,), generator=gen, device=device)
@@ -146,12 +164,15 @@ class BankCache:
 BANKS = BankCache(512 * 2**20)
 
 
-def _rise_masks(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str) -> torch.Tensor:
-    return BANKS.get(("rise", n, grid, p, size, seed, device), lambda: _make_rise_masks(n, grid, p, size, seed, device))
+def _rise_masks(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str,
+                sampling: str = "random") -> torch.Tensor:
+    return BANKS.get(("rise", n, grid, p, size, seed, device, sampling),
+                     lambda: _make_rise_masks(n, grid, p, size, seed, device, sampling))
 
 
-def _make_rise_masks(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str) -> torch.Tensor:
-    params = _rise_cells(n, grid, p, size, seed, device)
+def _make_rise_masks(n: int, grid: int, p: float, size: tuple[int, int], seed: int, device: str,
+                     sampling: str = "random") -> torch.Tensor:
+    params = _rise_cells(n, grid, p, size, seed, device, sampling)
     out = torch.empty((n, *size), dtype=torch.float32, device=device)
     for start in range(0, n, _CHUNK):
         stop = min(n, start + _CHUNK)

@@ -26,15 +26,17 @@ class RandomSaliency(SaliencyGenerator):
         self.grid = grid
 
     @classmethod
-    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None, references: int = 1) -> int:
         return 1  # no forward pass beyond the pair's own
 
     def _explain(self, query: torch.Tensor, references: torch.Tensor, mode: str, condition) -> SaliencyResult:
         h, w = query.shape[-2:]
         gen = torch.Generator().manual_seed(self.seed)
         k = len(references)
-        noise = torch.rand((2 * k, 1, self.grid, self.grid), generator=gen)
+        # One draw per seed, whatever the reference: K references get the maps each would get alone.
+        noise = torch.rand((2, 1, self.grid, self.grid), generator=gen)
         maps = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
         sims = self.embedder.embedding.against(self.embedder(references, condition),
                                                self.embedder(query[None], condition)[0])
-        return SaliencyResult(maps[:k], maps[k:] if mode == "both" else None, sims.cpu(), self.method, mode)
+        query_maps, reference_maps = maps[0].expand(k, h, w), maps[1].expand(k, h, w)
+        return SaliencyResult(query_maps, reference_maps if mode == "both" else None, sims.cpu(), self.method, mode)

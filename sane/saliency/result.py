@@ -13,7 +13,8 @@ class SaliencyResult:
 
     ``query_map`` is (H, W), or (K, H, W) when K references were given; ``reference_map`` is None in
     fixed mode, else shaped like the references; ``similarity`` is a float or a (K,) tensor;
-    ``timings`` holds milliseconds per stage.
+    ``timings`` holds milliseconds per stage; ``n_masks_used`` how many query masks (windows) made the
+    map, for the mask-based generators (an adaptive RISE stops when its map has converged).
     """
 
     query_map: torch.Tensor
@@ -22,12 +23,17 @@ class SaliencyResult:
     method: str
     mode: str
     timings: dict[str, float] = field(default_factory=dict)
+    n_masks_used: int | None = None
 
-    def first(self) -> SaliencyResult:
-        """The result for the first reference of a batched result: maps (H, W), a float similarity."""
+    def select(self, k: int) -> SaliencyResult:
+        """The result for reference ``k`` of a batched result: maps (H, W), a float similarity."""
         return replace(
             self,
-            query_map=self.query_map[0],
-            reference_map=self.reference_map[0] if self.reference_map is not None else None,
-            similarity=float(self.similarity[0]),
+            query_map=self.query_map[k],
+            reference_map=self.reference_map[k] if self.reference_map is not None else None,
+            similarity=float(self.similarity[k]),
         )
+
+    def first(self) -> SaliencyResult:
+        """The result for the first (only) reference of a batched result."""
+        return self.select(0)

@@ -56,9 +56,10 @@ class SlidingWindow(PerturbationGenerator):
         self.reference_stride = float(reference_stride)
 
     @classmethod
-    def cost(cls, mode: str, options: Mapping[str, Any] | None = None) -> int:
-        """The query's windows, counted twice in mode 'both' (a bound: the reference has fewer)."""
-        return int(cls.option(options or {}, "windows_per_side")) ** 2 * (2 if mode == "both" else 1)
+    def cost(cls, mode: str, options: Mapping[str, Any] | None = None, references: int = 1) -> int:
+        """The query's windows (shared by all references), in mode 'both' as many again per reference
+        (a bound: a reference has fewer)."""
+        return int(cls.option(options or {}, "windows_per_side")) ** 2 * (1 + references if mode == "both" else 1)
 
     def query_masks(self, size: tuple[int, int]) -> torch.Tensor:
         return _keep_masks(tuple(size), self.windows_per_side, self.window, self.stride, str(self.device))

@@ -21,6 +21,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from sane.serving.ops.http_client import reference_fields
+
 PROTOS = ("inference.proto", "management.proto")
 
 
@@ -121,9 +123,11 @@ class GrpcClient:
         reply = self.stub.Predictions(request, metadata=self.metadata, timeout=self.timeout)
         return reply.prediction
 
-    def request(self, archive: str, query: bytes, reference: bytes, options: dict[str, Any] | None = None) -> dict:
-        """The protocol's JSON response (an error response is returned as its ``{"error", "field"}`` dict)."""
-        inputs = {"query": query, "reference": reference}
+    def request(self, archive: str, query: bytes, reference: bytes | list[bytes],
+                options: dict[str, Any] | None = None) -> dict:
+        """The protocol's JSON response (an error response is returned as its ``{"error", "field"}`` dict);
+        ``reference`` is one image or a list of K (input map keys ``references.0``, ...)."""
+        inputs = {"query": query, **reference_fields(reference)}
         if options:
             inputs["options"] = json.dumps(options).encode()
         return json.loads(self.predict_bytes(archive, inputs))

@@ -14,6 +14,13 @@ import uuid
 from typing import Any
 
 
+def reference_fields(reference: bytes | list[bytes]) -> dict[str, bytes]:
+    """The fields (multipart form, gRPC input map) of one reference, or of K as ``references.0..K-1``."""
+    if isinstance(reference, (bytes, bytearray)):
+        return {"reference": bytes(reference)}
+    return {f"references.{k}": bytes(data) for k, data in enumerate(reference)}
+
+
 def multipart_body(fields: dict[str, tuple[bytes, str, str | None]]) -> tuple[bytes, str]:
     """``{name: (data, content_type, filename)}`` -> (body, Content-Type header) of a multipart form."""
     boundary = uuid.uuid4().hex
@@ -51,25 +58,26 @@ class HttpClient:
         self,
         archive: str,
         query: bytes,
-        reference: bytes,
+        reference: bytes | list[bytes],
         options: dict[str, Any] | None = None,
         body: str = "multipart",
         endpoint: str = "predictions",
     ) -> tuple[int, dict]:
-        """Send one pair; ``body`` is ``multipart`` or ``json``, ``endpoint`` ``predictions`` or ``explanations``."""
+        """Send one request; ``reference`` is one image or a list of K (sent as ``references``); ``body``
+        is ``multipart`` or ``json``, ``endpoint`` ``predictions`` or ``explanations``."""
         if body == "multipart":
-            fields = {
-                "query": (query, "application/octet-stream", "query"),
-                "reference": (reference, "application/octet-stream", "reference"),
-            }
+            fields = {"query": (query, "application/octet-stream", "query")}
+            for name, data in reference_fields(reference).items():
+                fields[name] = (data, "application/octet-stream", name)
             if options is not None:
                 fields["options"] = (json.dumps(options).encode(), "application/json", None)
             data, content_type = multipart_body(fields)
         elif body == "json":
-            payload: dict[str, Any] = {
-                "query": base64.b64encode(query).decode("ascii"),
-                "reference": base64.b64encode(reference).decode("ascii"),
-            }
+            payload: dict[str, Any] = {"query": base64.b64encode(query).decode("ascii")}
+            if isinstance(reference, (bytes, bytearray)):
+                payload["reference"] = base64.b64encode(reference).decode("ascii")
+            else:
+                payload["references"] = [base64.b64encode(r).decode("ascii") for r in reference]
             if options is not None:
                 payload["options"] = options
             data, content_type = json.dumps(payload).encode(), "application/json"

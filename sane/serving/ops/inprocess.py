@@ -20,6 +20,7 @@ import yaml
 
 from sane.models import default_weights_path
 from sane.serving.ops.archive import ARCHIVES, handlers_dir, load_model_config, merge_config, repo_root
+from sane.serving.ops.http_client import reference_fields
 
 
 def make_context(model_name: str, model_dir: str, serialized_file: str | None, model_yaml: dict[str, Any],
@@ -93,23 +94,25 @@ def load_archive(mar: str | os.PathLike):
     return handler, context
 
 
-def payload(kind: str, query: bytes, reference: bytes, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One request as TorchServe delivers it to ``handle()`` for transport ``kind``."""
-    if kind == "multipart":
-        out: dict[str, Any] = {"query": bytearray(query), "reference": bytearray(reference)}
-        if options is not None:
-            out["options"] = json.dumps(options)  # a text part arrives decoded
+def payload(kind: str, query: bytes, reference: bytes | list[bytes], options: dict[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """One request as TorchServe delivers it to ``handle()`` for transport ``kind``; ``reference`` is one
+    image or a list of K (``references``)."""
+    if kind in ("multipart", "grpc"):
+        out: dict[str, Any] = {"query": bytearray(query),
+                               **{name: bytearray(data) for name, data in reference_fields(reference).items()}}
+        if options is not None:  # a multipart text part arrives decoded, a gRPC value as bytes
+            out["options"] = json.dumps(options) if kind == "multipart" else bytearray(json.dumps(options).encode())
         return out
     if kind == "json":
-        body: dict[str, Any] = {"query": base64.b64encode(query).decode(), "reference": base64.b64encode(reference).decode()}
+        body: dict[str, Any] = {"query": base64.b64encode(query).decode()}
+        if isinstance(reference, (bytes, bytearray)):
+            body["reference"] = base64.b64encode(reference).decode()
+        else:
+            body["references"] = [base64.b64encode(r).decode() for r in reference]
         if options is not None:
             body["options"] = options
         return {"body": body}
-    if kind == "grpc":
-        out = {"query": bytearray(query), "reference": bytearray(reference)}
-        if options is not None:
-            out["options"] = bytearray(json.dumps(options).encode())
-        return out
     raise ValueError(f"kind must be multipart, json or grpc, got {kind!r}")
 
 

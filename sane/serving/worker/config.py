@@ -29,9 +29,10 @@ class ServingConfig:
     max_n_masks: int = 4000  # cap of options.n_masks (cost is linear in it)
     max_n_reference_masks: int = 500  # cap of options.n_reference_masks (mode="both")
     max_grid: int = 32  # cap of options.grid (RISE cells per side)
+    max_references: int = 16  # cap of the images in one request's ``references`` (K references, one query)
     # cap of one request's cost in forward passes of one image (sane.serving.worker.options.request_cost):
-    # RISE n_masks (+ n_reference_masks in mode both), LIME samples (x2 both), learned-mask
-    # iterations x 3 (x2 both), sliding window 625 (x2 both)
+    # RISE n_masks (+ n_reference_masks per reference in mode both), LIME samples, learned-mask
+    # iterations x 3 (x2 both) per reference, sliding window 625 (+625 per reference in mode both)
     max_cost: int = 4600
     methods: tuple[str, ...] | None = None  # allowed generators; None = every registered one
     extra: dict[str, Any] = field(default_factory=dict)  # settings of later archives (e.g. `sane`)
@@ -52,7 +53,8 @@ class ServingConfig:
 
     def validate(self) -> None:
         """Fail at worker start (not at the first request) on a nonsensical configuration."""
-        for name in ("batch_size", "default_n_masks", "max_n_masks", "max_n_reference_masks", "max_grid", "max_cost"):
+        for name in ("batch_size", "default_n_masks", "max_n_masks", "max_n_reference_masks", "max_grid", "max_cost",
+                     "max_references"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"model-config handler.{name} must be an integer >= 1, got {value!r}")

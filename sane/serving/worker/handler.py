@@ -31,7 +31,7 @@ from sane.models.spec import ModelSpec
 from sane.saliency.masks import BANKS
 from sane.serving.worker.config import ServingConfig
 from sane.serving.worker.metrics import HandlerMetrics
-from sane.serving.worker.request import PairRequest, parse_pair_request
+from sane.serving.worker.request import PairRequest, RequestError, parse_pair_request
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,11 @@ class PreparedPair:
     options: Any
     decode_ms: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # further inputs an archive decodes (``prepare``)
+    references: list[torch.Tensor] | None = None  # K references (``reference`` is then the first)
+
+    @property
+    def all_references(self) -> list[torch.Tensor]:
+        return self.references if self.references is not None else [self.reference]
 
 
 MODEL_SPEC_FILE = "model_spec.json"  # what `sane archive` declares about the model (sane.serving.ops.archive)
@@ -113,7 +118,11 @@ class ServingHandler:
             t = time.perf_counter()
             try:
                 pair = parse_pair_request(raw)
-                item = self.prepare(pair, self.parse_options(pair.options))
+                k = len(pair.references) if pair.references is not None else 1
+                if k > self.config.max_references:
+                    raise RequestError(f"references: {k} images, above the limit of {self.config.max_references} "
+                                       "(the server's max_references)", "references")
+                item = self.prepare(pair, self.parse_options(pair.options, k))
                 item.decode_ms = (time.perf_counter() - t) * 1e3
                 prepared[idx] = item
             except InputError as exc:
@@ -159,16 +168,24 @@ class ServingHandler:
         """Decode a parsed request's images into model-ready tensors (an archive may add ``extra`` inputs;
         ``extra["query_image"]``, the decoded query; ``extra["boxes"]``, with a cropping preprocess, the
         part of each image the model sees)."""
-        query, reference = open_image(pair.query, "query"), open_image(pair.reference, "reference")
-        item = PreparedPair(self.preprocess.to_tensor(query), self.preprocess.to_tensor(reference), options)
+        query = open_image(pair.query, "query")
+        if pair.references is None:
+            references = [open_image(pair.reference, "reference")]
+        else:
+            references = [open_image(data, f"references.{k}") for k, data in enumerate(pair.references)]
+        tensors = [self.preprocess.to_tensor(image) for image in references]
+        item = PreparedPair(self.preprocess.to_tensor(query), tensors[0], options,
+                            references=tensors if pair.references is not None else None)
         item.extra["query_image"] = query
         if self.preprocess.resize == "crop":
-            item.extra["boxes"] = {name: list(self.preprocess.crop_box(*image.size))
-                                   for name, image in (("query", query), ("reference", reference))}
+            boxes = [list(self.preprocess.crop_box(*image.size)) for image in references]
+            item.extra["boxes"] = {"query": list(self.preprocess.crop_box(*query.size)), "reference": boxes[0],
+                                   "references": boxes}
         return item
 
-    def parse_options(self, options: dict[str, Any]) -> Any:
-        """Validate the request's options (raise :class:`RequestError` naming the field)."""
+    def parse_options(self, options: dict[str, Any], references: int = 1) -> Any:
+        """Validate the options of a request with ``references`` references (raise :class:`RequestError`
+        naming the field)."""
         raise NotImplementedError
 
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:

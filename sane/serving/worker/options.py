@@ -68,7 +68,7 @@ class SaliencyOptions:
 
     method: str
     mode: str
-    n_masks: int | None  # the generator's size option (RISE masks, LIME samples, mask iterations); None: n/a
+    n_masks: int | str | None  # the generator's size option (RISE masks or "auto", LIME samples, mask iterations)
     seed: int
     generator: tuple[tuple[str, Any], ...] = ()  # further generator options (grid, p, ...), sorted
     outputs: tuple[str, ...] = MAP_OUTPUTS
@@ -102,21 +102,24 @@ def _check_generator_option(name: str, options: dict, config: ServingConfig) -> 
 GENERATOR_OPTIONS = ("grid", "p", "n_reference_masks", "substrate")
 
 
-def request_cost(method: str, mode: str, n_masks: int | None, generator: dict[str, Any]) -> int:
+def request_cost(method: str, mode: str, n_masks: int | str | None, generator: dict[str, Any],
+                 references: int = 1) -> int:
     """Forward-pass equivalents one request costs (what ``handler.max_cost`` bounds): the generator's
     own :meth:`~sane.saliency.SaliencyGenerator.cost`, ``n_masks`` being its size option."""
     cls = GENERATORS[method]
     sized = {cls.size_option: n_masks} if cls.size_option else {}
-    return cls.cost(mode, {**generator, **sized})
+    return cls.cost(mode, {**generator, **sized}, references)
 
 
-def check_cost(method: str, mode: str, n_masks: int | None, generator: dict[str, Any], config: ServingConfig) -> int:
+def check_cost(method: str, mode: str, n_masks: int | str | None, generator: dict[str, Any], config: ServingConfig,
+               references: int = 1) -> int:
     """Refuse a request above the archive's ``max_cost``, naming the option to lower."""
-    cost = request_cost(method, mode, n_masks, generator)
+    cost = request_cost(method, mode, n_masks, generator, references)
     if cost > config.max_cost:
         cls = GENERATORS[method]
         field = "n_masks" if cls.size_option else ("mode" if mode == "both" else "method")
         size = f", n_masks {n_masks or cls.default(cls.size_option)}" if cls.size_option else ""
+        size += f", {references} references" if references > 1 else ""
         raise RequestError(
             f"{field}: this request costs {cost} forward passes (method {method}, mode {mode}{size}), above the "
             f"server's max_cost of {config.max_cost}; lower {field}" + (" or use mode fixed" if mode == "both" else ""),
@@ -137,9 +140,10 @@ def allowed_methods(config: ServingConfig) -> tuple[str, ...]:
 
 
 def validate_saliency_options(
-    options: dict[str, Any], config: ServingConfig, extra_names: frozenset[str] = frozenset()
+    options: dict[str, Any], config: ServingConfig, extra_names: frozenset[str] = frozenset(), references: int = 1
 ) -> SaliencyOptions:
-    """Check every option of a saliency request; ``extra_names`` are accepted here and checked by the caller."""
+    """Check every option of a saliency request of ``references`` references; ``extra_names`` are
+    accepted here and checked by the caller."""
     check_known(options, SALIENCY_OPTIONS | extra_names)
     methods = allowed_methods(config)
     method = check_choice(options, "method", config.default_method, methods)
@@ -155,11 +159,17 @@ def validate_saliency_options(
     if size_option is None and "n_masks" in options:
         raise RequestError(f"n_masks: does not apply to method {method!r}", _field("n_masks"))
     n_masks = None
-    if "n_masks" in options or size_option == "n_masks":
+    generator = []
+    if options.get("n_masks") == "auto":
+        if not cls.auto_size:
+            raise RequestError(f"n_masks: 'auto' does not apply to method {method!r}; give a number", _field("n_masks"))
+        # Stops when the map has converged, at the latest at the generator's ceiling within the server's cap.
+        n_masks = "auto"
+        generator.append(("max_masks", min(cls.default("max_masks"), config.max_n_masks)))
+    elif "n_masks" in options or size_option == "n_masks":
         n_masks = check_int(options, "n_masks", config.default_n_masks, 1, config.max_n_masks, "max_n_masks")
     seed = check_int(options, "seed", 0, 0, MAX_SEED)
     accepted = cls.parameters()
-    generator = []
     for name in GENERATOR_OPTIONS:
         if name not in options:
             continue
@@ -167,5 +177,5 @@ def validate_saliency_options(
             raise RequestError(f"{name}: does not apply to method {method!r}", _field(name))
         generator.append((name, _check_generator_option(name, options, config)))
     outputs = check_outputs(options, MAP_OUTPUTS, MAP_OUTPUTS)
-    check_cost(method, mode, n_masks, dict(generator), config)
+    check_cost(method, mode, n_masks, dict(generator), config, references)
     return SaliencyOptions(method, mode, n_masks, seed, tuple(sorted(generator)), outputs)

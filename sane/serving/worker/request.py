@@ -4,6 +4,10 @@ TorchServe hands a handler one dict per request: multipart fields by name (bytes
 parts, or a dict for JSON parts), a JSON body as ``{"body": dict}`` (bytes if it was not valid JSON),
 and gRPC's input map as bytes by name. :func:`parse_pair_request` turns all of them into the same
 :class:`PairRequest` or raises a :class:`RequestError` naming the offending field.
+
+K references instead of one: ``"references": [base64, ...]`` in a JSON body; in a multipart form
+or gRPC's input map, fields ``references.0``, ``references.1``, ... (TorchServe 0.12 hands the
+worker a dict per request, so a repeated field name would arrive as its last value only).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sane.errors import InputError
 
 PAIR_FIELDS = ("query", "reference")
 OPTIONAL_FIELDS = ("options",)
+REFERENCES = "references"  # K references: a JSON list, or fields references.0, references.1, ...
 
 
 class RequestError(InputError):
@@ -26,11 +31,13 @@ class RequestError(InputError):
 
 @dataclass
 class PairRequest:
-    """Raw image bytes of the pair and the client's (not yet validated) options."""
+    """Raw image bytes of the pair and the client's (not yet validated) options. A request with K
+    references has them in ``references`` (``reference`` is then the first)."""
 
     query: bytes
     reference: bytes
     options: dict[str, Any] = field(default_factory=dict)
+    references: list[bytes] | None = None
 
 
 def _as_bytes(value: Any, name: str) -> bytes:
@@ -73,22 +80,46 @@ def parse_options(value: Any) -> dict[str, Any]:
     return value
 
 
-def _check_fields(present: set[str]) -> None:
-    unknown = sorted(present - set(PAIR_FIELDS) - set(OPTIONAL_FIELDS))
+def _reference_fields(present: set[str]) -> list[str]:
+    """The ``references.<k>`` fields of a form or input map, checked to run 0..K-1 without a gap."""
+    names = sorted((n for n in present if n.startswith(REFERENCES + ".")), key=lambda n: n.split(".", 1)[1])
+    indices = []
+    for name in names:
+        suffix = name.split(".", 1)[1]
+        if not suffix.isdigit():
+            raise RequestError(f"unknown field {name!r}; K references are references.0, references.1, ...", name)
+        indices.append(int(suffix))
+    order = sorted(indices)
+    if order != list(range(len(order))):
+        missing = next(k for k in range(len(order) + 1) if k not in order)
+        raise RequestError(f"missing field 'references.{missing}': number the references from 0 without a gap",
+                           f"references.{missing}")
+    return [f"{REFERENCES}.{k}" for k in order]
+
+
+def _check_fields(present: set[str], indexed: bool) -> list[str] | None:
+    """Check a request's field names; the names of its K references, or None for one reference."""
+    references = _reference_fields(present) if indexed else ([REFERENCES] if REFERENCES in present else [])
+    unknown = sorted(present - set(PAIR_FIELDS) - set(OPTIONAL_FIELDS) - set(references))
     if unknown:
         raise RequestError(
-            f"unknown field {unknown[0]!r}; a request has {', '.join(PAIR_FIELDS + OPTIONAL_FIELDS)}", unknown[0]
+            f"unknown field {unknown[0]!r}; a request has {', '.join(PAIR_FIELDS + OPTIONAL_FIELDS)} "
+            f"(or {REFERENCES} instead of reference)", unknown[0]
         )
-    for name in PAIR_FIELDS:
-        if name not in present:
-            raise RequestError(f"missing field {name!r}", name)
+    if "query" not in present:
+        raise RequestError("missing field 'query'", "query")
+    if references and "reference" in present:
+        raise RequestError("give either reference (one image) or references (K images), not both", "references")
+    if not references and "reference" not in present:
+        raise RequestError("missing field 'reference'", "reference")
+    return references or None
 
 
 def parse_pair_request(data: dict[str, Any]) -> PairRequest:
     """TorchServe's per-request dict -> :class:`PairRequest` (or a 4xx :class:`RequestError`)."""
     if not isinstance(data, dict):
         raise RequestError(f"unexpected request payload {type(data).__name__}", "body")
-    if "body" in data and not any(name in data for name in PAIR_FIELDS):
+    if "body" in data and not any(name in data for name in PAIR_FIELDS) and not _reference_fields(set(data)):
         body = data["body"]
         if isinstance(body, (bytes, bytearray, str)):
             try:
@@ -101,13 +132,23 @@ def parse_pair_request(data: dict[str, Any]) -> PairRequest:
                 ) from exc
         if not isinstance(body, dict):
             raise RequestError(f"body: expected a JSON object, got {type(body).__name__}", "body")
-        _check_fields(set(body))
+        if _check_fields(set(body), indexed=False):
+            listed = body[REFERENCES]
+            if not isinstance(listed, list) or not listed:
+                raise RequestError(f"{REFERENCES}: expected a non-empty list of base64 images", REFERENCES)
+            references = [_b64(v, f"{REFERENCES}.{k}") for k, v in enumerate(listed)]
+            return PairRequest(_b64(body["query"], "query"), references[0], parse_options(body.get("options")),
+                               references)
         return PairRequest(
             query=_b64(body["query"], "query"),
             reference=_b64(body["reference"], "reference"),
             options=parse_options(body.get("options")),
         )
-    _check_fields(set(data))
+    names = _check_fields(set(data), indexed=True)
+    if names:
+        references = [_as_bytes(data[n], n) for n in names]
+        return PairRequest(_as_bytes(data["query"], "query"), references[0], parse_options(data.get("options")),
+                           references)
     return PairRequest(
         query=_as_bytes(data["query"], "query"),
         reference=_as_bytes(data["reference"], "reference"),

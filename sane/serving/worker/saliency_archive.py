@@ -8,6 +8,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
+import torch
+
 from sane.errors import InputError
 from sane.saliency import GENERATORS, SaliencyResult, make_generator
 from sane.serving.worker.encoding import encode_map
@@ -25,8 +27,8 @@ class SaliencyHandler(ServingHandler):
     archive = "saliency"
     extra_option_names: frozenset[str] = frozenset()  # options a subclass (the `sane` archive) adds
 
-    def parse_options(self, options: dict[str, Any]) -> SaliencyOptions:
-        return validate_saliency_options(options, self.config, self.extra_option_names)
+    def parse_options(self, options: dict[str, Any], references: int = 1) -> SaliencyOptions:
+        return validate_saliency_options(options, self.config, self.extra_option_names, references)
 
     def make_generator(self, options: SaliencyOptions):
         """The generator for a group, with the server's forward batch size (and precision where it applies)."""
@@ -50,9 +52,7 @@ class SaliencyHandler(ServingHandler):
             try:
                 generator = self.make_generator(options)
                 seen = generator.embedder.images_seen
-                results = generator.explain_pairs(
-                    [items[i].query for i in indices], [items[i].reference for i in indices], options.mode
-                )
+                results = self._explain_group(generator, [items[i] for i in indices], options.mode)
             except InputError as exc:
                 field = exc.field if exc.field in ("query", "reference") else f"options.{exc.field or 'method'}"
                 error = RequestError(str(exc), field)
@@ -68,21 +68,60 @@ class SaliencyHandler(ServingHandler):
             out.update(dict(zip(indices, results)))
         return out
 
-    def encode(self, result: SaliencyResult, item: PreparedPair) -> dict[str, Any]:
+    @staticmethod
+    def _explain_group(generator, items: list[PreparedPair], mode: str) -> list:
+        """One result per request: a :class:`SaliencyResult`, or a list of K for a request of K references.
+
+        A generator that shares a stream explains every (query, reference) pair of the group in one
+        stream (a query's K references share its masked images); the others take each K-reference
+        request in one call (LIME fits all K at once) and the single ones pair by pair."""
+        if generator.shares_stream:
+            owners = [(n, k) for n, item in enumerate(items) for k in range(len(item.all_references))]
+            flat = generator.explain_pairs([items[n].query for n, _ in owners],
+                                           [items[n].all_references[k] for n, k in owners], mode)
+            results: list = [[] for _ in items]
+            for (n, _), result in zip(owners, flat):
+                results[n].append(result)
+        else:
+            singles = [n for n, item in enumerate(items) if item.references is None]
+            results = [None] * len(items)
+            for n, result in zip(singles, generator.explain_pairs([items[n].query for n in singles],
+                                                                  [items[n].reference for n in singles], mode)):
+                results[n] = [result]
+            for n, item in enumerate(items):
+                if item.references is not None:
+                    batch = generator.explain(item.query, torch.stack(item.references), mode)
+                    results[n] = [batch.select(k) for k in range(len(item.references))]
+        return [found if item.references is not None else found[0] for item, found in zip(items, results)]
+
+    def encode(self, result: SaliencyResult | list[SaliencyResult], item: PreparedPair) -> dict[str, Any]:
+        """The response: for K references, ``references`` holds each one's similarity and maps."""
+        if item.references is None:
+            return {**self._encode_pair(result, item), **self._encode_common(result, item)}
+        return {**self._encode_common(result[0], item),
+                "references": [self._encode_pair(r, item, k) for k, r in enumerate(result)]}
+
+    def _encode_common(self, result: SaliencyResult, item: PreparedPair) -> dict[str, Any]:
+        options: SaliencyOptions = item.options
+        return {
+            "method": result.method,
+            "mode": result.mode,
+            "options": {**options.as_dict(),
+                        **({"n_masks_used": result.n_masks_used} if options.n_masks == "auto" else {})},
+            "timing_ms": {"explain": round(result.timings.get("total_ms", 0.0), 3)},
+        }
+
+    def _encode_pair(self, result: SaliencyResult, item: PreparedPair, k: int | None = None) -> dict[str, Any]:
+        """One reference's similarity and maps (``k``: its index in a K-reference request)."""
         options: SaliencyOptions = item.options
         # With a cropping preprocess, each map covers the box (left, top, right, bottom) of its image.
-        boxes = item.extra.get("boxes", {})
+        boxes = dict(item.extra.get("boxes", {}))
+        if k is not None and "references" in boxes:
+            boxes["reference"] = boxes["references"][k]
         saliency = {"query": encode_map(result.query_map, options.outputs)}
         if result.reference_map is not None:
             saliency["reference"] = encode_map(result.reference_map, options.outputs)
         for name, part in saliency.items():
             if name in boxes:
                 part["box"] = boxes[name]
-        return {
-            "similarity": float(result.similarity),
-            "method": result.method,
-            "mode": result.mode,
-            "saliency": saliency,
-            "options": options.as_dict(),
-            "timing_ms": {"explain": round(result.timings.get("total_ms", 0.0), 3)},
-        }
+        return {"similarity": float(result.similarity), "saliency": saliency}

@@ -105,8 +105,8 @@ class SaneHandler(SaliencyHandler):
         prior = load_prior(os.path.join(model_dir, self.settings.prior)) if self.settings.prior else None
         self.ranker = AttributeRanker(model, prior=prior, w=self.settings.w, gamma=self.settings.gamma)
 
-    def parse_options(self, options: dict[str, Any]) -> SaneOptions:
-        base = validate_saliency_options(options, self.config, self.extra_option_names)
+    def parse_options(self, options: dict[str, Any], references: int = 1) -> SaneOptions:
+        base = validate_saliency_options(options, self.config, self.extra_option_names, references)
         top_k = check_int(options, "top_k", self.settings.default_top_k, 1, self.settings.max_top_k, "max_top_k")
         return SaneOptions(**{f: getattr(base, f) for f in SaliencyOptions.__dataclass_fields__}, top_k=top_k)
 
@@ -122,20 +122,30 @@ class SaneHandler(SaliencyHandler):
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
         out = super().compute(items)  # the saliency batch, unchanged
         for idx, result in out.items():
-            if not isinstance(result, SaliencyResult):
+            if isinstance(result, Exception):
                 continue  # that request's error stands
             item = items[idx]
-            start = time.perf_counter()
-            try:
-                explanations = self.ranker.rank(item.extra["attribute_query"], result.query_map, item.options.top_k)
+            try:  # the query's attributes for each reference's query map
+                ranked = [self._rank(item, r) for r in (result if isinstance(result, list) else [result])]
             except Exception as exc:  # one request's ranking failure answers that request only
                 logger.exception("ranking request %d failed", idx)
                 out[idx] = exc
                 continue
-            out[idx] = SaneResult(result, explanations, (time.perf_counter() - start) * 1e3)
+            out[idx] = ranked if isinstance(result, list) else ranked[0]
         return out
 
-    def encode(self, result: SaneResult, item: PreparedPair) -> dict[str, Any]:
+    def _rank(self, item: PreparedPair, result: SaliencyResult) -> SaneResult:
+        start = time.perf_counter()
+        explanations = self.ranker.rank(item.extra["attribute_query"], result.query_map, item.options.top_k)
+        return SaneResult(result, explanations, (time.perf_counter() - start) * 1e3)
+
+    def encode(self, result: SaneResult | list[SaneResult], item: PreparedPair) -> dict[str, Any]:
+        if isinstance(result, list):
+            body = super().encode([r.saliency for r in result], item)
+            for entry, r in zip(body["references"], result):
+                entry["explanations"] = [e.to_dict() for e in r.explanations]
+            body["timing_ms"]["rank"] = round(sum(r.rank_ms for r in result), 3)
+            return body
         body = super().encode(result.saliency, item)
         body["explanations"] = [e.to_dict() for e in result.explanations]
         body["timing_ms"]["rank"] = round(result.rank_ms, 3)

@@ -32,22 +32,36 @@ class SimilarityHandler(ServingHandler):
 
     archive = "similarity"
 
-    def parse_options(self, options: dict[str, Any]) -> SimilarityOptions:
+    def parse_options(self, options: dict[str, Any], references: int = 1) -> SimilarityOptions:
         check_known(options, {"outputs"})
         return SimilarityOptions(check_outputs(options, SIMILARITY_OUTPUTS, SIMILARITY_OUTPUTS))
 
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
         indices = list(items)
-        images = torch.stack([items[i].query for i in indices] + [items[i].reference for i in indices])
+        owners = [(i, k) for i in indices for k in range(len(items[i].all_references))]
+        images = torch.stack([items[i].query for i in indices] + [items[i].all_references[k] for i, k in owners])
         embedder = Embedder(self.model, self.config.batch_size, self.config.amp, self.config.channels_last)
         emb = embedder(images).cpu()
-        q, r = emb[: len(indices)], emb[len(indices) :]
-        sims = embedder.embedding.score(q, r)
-        return {i: SimilarityResult(float(sims[k]), q[k], r[k]) for k, i in enumerate(indices)}
+        queries = dict(zip(indices, emb[: len(indices)]))
+        refs = emb[len(indices):]
+        sims = embedder.embedding.score(torch.stack([queries[i] for i, _ in owners]), refs)
+        out: dict[int, Any] = {i: [] for i in indices}
+        for n, (i, _) in enumerate(owners):
+            out[i].append(SimilarityResult(float(sims[n]), queries[i], refs[n]))
+        return {i: (found if items[i].references is not None else found[0]) for i, found in out.items()}
 
-    def encode(self, result: SimilarityResult, item: PreparedPair) -> dict[str, Any]:
-        body: dict[str, Any] = {"similarity": result.similarity}
-        if "embeddings" in item.options.outputs:
+    def encode(self, result: SimilarityResult | list[SimilarityResult], item: PreparedPair) -> dict[str, Any]:
+        """``similarity`` (and the embeddings); for K references, ``references`` holds each one's."""
+        embeddings = "embeddings" in item.options.outputs
+        if isinstance(result, list):
+            body: dict[str, Any] = {"references": [
+                {"similarity": r.similarity, **({"embedding": encode_array(r.reference_embedding)} if embeddings else {})}
+                for r in result]}
+            if embeddings:
+                body["embeddings"] = {"query": encode_array(result[0].query_embedding)}
+            return body
+        body = {"similarity": result.similarity}
+        if embeddings:
             body["embeddings"] = {
                 "query": encode_array(result.query_embedding),
                 "reference": encode_array(result.reference_embedding),

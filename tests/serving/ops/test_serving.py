@@ -166,6 +166,26 @@ def test_sane_request_command_writes_the_heat_maps(server, tmp_path):
     assert result["mode"] == "both" and result["options"]["n_masks"] == 60
 
 
+def test_a_request_with_k_references_is_served_over_http_and_grpc_and_written_per_reference(server, http,
+                                                                                          grpc_client, tmp_path):
+    q, r = (ROOT / "examples" / "query.jpg").read_bytes(), (ROOT / "examples" / "reference.jpg").read_bytes()
+    options = {"n_masks": 60, "seed": 2}
+    single = http.request("saliency", q, r, options)[1]
+    for body in (http.request("saliency", q, [r, q], options, body="json")[1],
+                 grpc_client.request("saliency", q, [r, q], options)):
+        assert [e["similarity"] for e in body["references"]] == pytest.approx([single["similarity"], 1.0], abs=1e-5)
+        np.testing.assert_allclose(decode_npy(body["references"][0]["saliency"]["query"]["npy"]).astype(np.float32),
+                                   decode_npy(single["saliency"]["query"]["npy"]).astype(np.float32), atol=2e-3)
+    out = tmp_path / "k"
+    assert sane_main(["request", str(ROOT / "examples" / "query.jpg"), str(ROOT / "examples" / "reference.jpg"),
+                      str(ROOT / "examples" / "query.jpg"), "--workdir", server.workdir, "--n-masks", "60",
+                      "--out", str(out)]) == 0
+    for k in range(2):
+        result = json.loads((out / f"reference_{k}" / "result.json").read_text())
+        assert result["reference"].endswith(("reference.jpg", "query.jpg")[k])
+        assert (out / f"reference_{k}" / "query_saliency.npy").is_file()
+
+
 def test_custom_metrics_reach_the_prometheus_endpoint(server):
     with urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10) as response:
         text = response.read().decode()

@@ -21,7 +21,7 @@ from PIL import Image
 
 from sane.images import load_image
 from sane.models import Embedder, load_similarity
-from sane.saliency import LIME, LearnedMask, RandomSaliency, SaliencyResult, make_generator
+from sane.saliency import LIME, RISE, LearnedMask, RandomSaliency, SaliencyResult, make_generator
 from sane.saliency.masks import rise_masks
 from sane.saliency.rise import REFERENCE_SEED_OFFSET
 from sane.serving.ops.archive import build_archive
@@ -472,3 +472,22 @@ def test_the_largest_rise_request_the_caps_allow_fits_the_default_budget():
     assert request_cost("rise", "both", 4000, {"n_reference_masks": 500}) == 4500
     assert request_cost("mask", "fixed", None, {}) == 1500  # the learned mask's 500 iterations, x3
     assert request_cost("sliding_window", "fixed", None, {}) == 625
+
+
+def test_auto_n_masks_is_served_and_reports_the_masks_it_used(saliency, library):
+    handler, context = saliency
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    results = run_batch(handler, context, [payload("json", q, r, {"n_masks": "auto", "seed": 4}),
+                                           payload("json", q, r, {"method": "lime", "n_masks": "auto"})])
+    (status, body), (lime_status, lime_body) = results
+    assert status == 200, body
+    cap = CAPS["handler"]["max_n_masks"]  # the ceiling: the generator's 2000 within the server's cap
+    assert body["options"]["n_masks"] == "auto" and body["options"]["max_masks"] == cap
+    used = body["options"]["n_masks_used"]
+    assert 128 <= used <= cap
+    model, preprocess = library
+    expected = RISE(model, n_masks="auto", max_masks=cap, seed=4, batch_size=64, **_served_speed_options()).explain(
+        load_image(q, preprocess), load_image(r, preprocess))
+    assert expected.n_masks_used == used
+    _assert_maps_match(body, expected)
+    assert lime_status == 400 and lime_body["field"] == "options.n_masks"

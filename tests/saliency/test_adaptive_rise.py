@@ -1,0 +1,100 @@
+"""RISE with ``n_masks="auto"``: quasi-random (Sobol) masks in two independent halves, stopped when the
+split-half reliability of the map reaches its target, at the latest at ``max_masks``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import RegionModel, inside
+
+from sane.errors import InputError
+from sane.saliency import RISE
+from sane.saliency.masks import rise_masks
+from sane.saliency.rise import HALF_SEED_OFFSET
+
+BOX = (8, 24, 36, 56)
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def _pair(seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn((3, 64, 64), generator=gen)
+    return query, query + 0.3 * torch.randn((3, 64, 64), generator=gen)
+
+
+def _by_hand(model, query, reference, masks) -> torch.Tensor:
+    """RISE's estimate over the given masks, written out (mean substrate: 0 in normalised space)."""
+    with torch.inference_mode():
+        e = torch.nn.functional.normalize(model(query[None] * masks[:, None]), dim=1)
+        r = torch.nn.functional.normalize(model(reference[None]), dim=1)[0]
+        scores = e @ r
+    return (scores[:, None, None] * masks).sum(0) / masks.sum(0)
+
+
+def test_auto_stops_before_its_ceiling_on_a_clear_map_and_finds_the_region():
+    model = RegionModel(BOX).eval()
+    q, r = _pair()
+    result = RISE(model, n_masks="auto", batch_size=64, max_masks=2000).explain(q, r)
+    assert 128 <= result.n_masks_used < 2000 and result.n_masks_used % 128 == 0
+    assert inside(BOX, int(result.query_map.argmax()), 64)
+    again = RISE(model, n_masks="auto", batch_size=64, max_masks=2000).explain(q, r)
+    assert again.n_masks_used == result.n_masks_used and torch.equal(again.query_map, result.query_map)
+
+
+def test_the_auto_map_is_rise_over_the_first_masks_of_both_halves():
+    model = RegionModel(BOX).eval()
+    q, r = _pair(3)
+    result = RISE(model, n_masks="auto", batch_size=64, seed=5).explain(q, r)
+    used = result.n_masks_used
+    half_a = rise_masks(1000, 8, 0.5, (64, 64), 5, sampling="sobol")[: used // 2]
+    half_b = rise_masks(1000, 8, 0.5, (64, 64), 5 + HALF_SEED_OFFSET, sampling="sobol")[: used // 2]
+    expected = _by_hand(model, q, r, torch.cat([half_a, half_b]))
+    torch.testing.assert_close(result.query_map, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_an_unreachable_reliability_runs_to_the_ceiling():
+    model = RegionModel(BOX).eval()
+    q, r = _pair()
+    result = RISE(model, n_masks="auto", reliability=0.999999, max_masks=512, batch_size=64).explain(q, r)
+    assert result.n_masks_used == 512
+
+
+def test_k_references_stop_together_and_each_map_is_its_own():
+    model = RegionModel(BOX).eval()
+    q, r = _pair()
+    refs = torch.stack([r, q + 0.5 * torch.randn(q.shape, generator=torch.Generator().manual_seed(9))])
+    many = RISE(model, n_masks="auto", batch_size=64).explain(q, refs)
+    assert many.query_map.shape == (2, 64, 64) and isinstance(many.n_masks_used, int)
+    fixed = RISE(model, n_masks=many.n_masks_used, sampling="sobol", batch_size=64)
+    # Each map has converged: it is close to the same reference's map from a fresh draw of that many masks.
+    for k in range(2):
+        assert _pearson(many.query_map[k], fixed.explain(q, refs[k]).query_map) > 0.9
+
+
+def test_sobol_masks_converge_faster_than_coin_flips():
+    """Quasi-random cells spread the masks evenly: at equal N the map is closer to a converged one."""
+    model = RegionModel(BOX).eval()
+    closer = []
+    for seed in range(4):
+        q, r = _pair(10 + seed)
+        converged = RISE(model, n_masks=8000, seed=99, batch_size=500).explain(q, r).query_map
+        maps = {s: RISE(model, n_masks=256, sampling=s, seed=seed, batch_size=256).explain(q, r).query_map
+                for s in ("random", "sobol")}
+        closer.append(_pearson(maps["sobol"], converged) > _pearson(maps["random"], converged))
+    assert sum(closer) >= 3
+
+
+def test_bad_auto_settings_are_input_errors_and_the_cost_is_the_ceiling():
+    model = RegionModel(BOX).eval()
+    for kwargs, field in (({"n_masks": "many"}, "n_masks"), ({"n_masks": "auto", "reliability": 1.0}, "reliability"),
+                          ({"n_masks": "auto", "max_masks": 0}, "max_masks"), ({"sampling": "halton"}, "sampling")):
+        with pytest.raises(InputError) as info:
+            RISE(model, **kwargs)
+        assert info.value.field == field
+    assert RISE.cost("fixed", {"n_masks": "auto"}) == 2000
+    assert RISE.cost("both", {"n_masks": "auto", "max_masks": 700}) == 730
