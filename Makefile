@@ -31,6 +31,7 @@ demo: install haproxy
 	$(BIN)/sane deploy up --instances 1
 	KEY=$$($(BIN)/sane deploy keys add demo --replace --quiet) && \
 	  $(BIN)/sane request examples/query.jpg examples/reference.jpg --archive sane --key "$$KEY" --out out/demo
+	@echo "The explanation at a glance: out/demo/card.png (overlays out/demo/*_saliency.png, numbers out/demo/result.json)"
 	@echo "The gateway is still running (HTTP :8080, gRPC :7070). Make yourself a key (printed once):"
 	@echo "  .venv/bin/sane deploy keys add NAME    then send 'Authorization: Bearer <key>'"
 	@echo "Stop it with: make stop   (or: .venv/bin/sane deploy down)"

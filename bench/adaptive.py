@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=420, help="size of the held-out synthetic data set")
     parser.add_argument("--data-seed", type=int, default=2026)
     parser.add_argument("--seed", type=int, default=1, help="pair sampling")
-    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="forward batch of both (auto checks every 128 masks: two halves of 64)")
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as workdir:

@@ -11,6 +11,10 @@
    tolerance: the GPU profile turns amp on).
 3. Speed: ms per 2000-mask RISE explanation (compact model, 112 px) on cuda:0, fp32 and amp, and the
    served throughput of step 2.
+4. The library on cuda:0: RISE's overhead over its N bare forward passes; ms per N-mask explanation
+   for the compact model at 112 px and ResNet-50 (random weights) at 224 px in fp32, bf16, fp16 and
+   fp16 compiled (targets on an H100/H200: <= 5 ms and <= 60 ms); n_masks="auto" vs fixed N (masks
+   used, ms); and a served request with K=10 references against K=1 (in-process handler, target <= 1.15).
 Prints PASS/FAIL per check and exits 1 on a failure. `--cpu` runs every step on the CPU (a smoke test
 of the script itself, for machines without a GPU: the device checks then say nothing about GPUs).
 """
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sane.images import load_image
 from sane.serving.ops.archive import profile_config
 from sane.serving.ops.http_client import HttpClient
 from sane.serving.ops.inprocess import load_handler, payload, run_batch
@@ -66,6 +71,75 @@ def explain_in_process(device: str, amp: bool, n_masks: int) -> tuple[np.ndarray
         times.append(time.perf_counter() - start)
         assert status == 200, body
     return decode_npy(body["saliency"]["query"]["npy"]).astype(np.float32), float(np.median(times[1:]))
+
+
+def _ms(fn, repeats: int = 5) -> float:
+    """Median milliseconds of ``fn()`` after one warm-up call (mask banks, compiles, allocator)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+def library_speed(device: str, n_masks: int) -> None:
+    """Step 4: the engine's overhead, the precision matrix, adaptive vs fixed, K=10 served vs K=1."""
+    from sane.models import build_embedding, load_similarity
+    from sane.saliency import RISE
+
+    print(f"\n4. the library on {device} ({n_masks} masks)")
+    compact, _ = load_similarity(device=device)
+    torch.manual_seed(0)
+    resnet = build_embedding("resnet50", dim=128).eval().to(device)
+    models = {"compact 112 px": (compact, 112), "resnet50 224 px": (resnet, 224)}
+    gen = torch.Generator().manual_seed(0)
+    for name, (model, size) in models.items():
+        q, r = (torch.randn((3, size, size), generator=gen).to(device) for _ in range(2))
+        fp32 = RISE(model, n_masks=n_masks, batch_size=250, device=device)
+        x = torch.randn((250, 3, size, size), generator=gen).to(device)
+
+        def bare(model=model, x=x):
+            with torch.inference_mode():
+                for _ in range(max(1, n_masks // 250)):
+                    model(x)
+
+        explain_ms, bare_ms = _ms(lambda g=fp32, q=q, r=r: g.explain(q, r)), _ms(bare)
+        print(f"  {name}: RISE / bare forwards {explain_ms / bare_ms:.3f} ({explain_ms:.1f} vs {bare_ms:.1f} ms)")
+        row = {"fp32": explain_ms}
+        if device != "cpu":
+            bf16 = RISE(model, n_masks=n_masks, batch_size=250, device=device, amp=True, channels_last=True)
+            bf16.embedder.amp_dtype = torch.bfloat16
+            row["bf16"] = _ms(lambda g=bf16, q=q, r=r: g.explain(q, r))
+            fp16 = RISE(model, n_masks=n_masks, batch_size=250, device=device, amp=True, channels_last=True)
+            row["fp16"] = _ms(lambda g=fp16, q=q, r=r: g.explain(q, r))
+            compiled = RISE(model, n_masks=n_masks, batch_size=250, device=device, amp=True, channels_last=True,
+                            compile=True)
+            row["fp16 compiled"] = _ms(lambda g=compiled, q=q, r=r: g.explain(q, r))
+        target = 5.0 if size == 112 else 60.0
+        print("    ms per map: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items())
+              + f" (target on an H100/H200 <= {target:g} ms at 2000 masks; best {min(row.values()):.1f})")
+    model = compact
+    q = load_image(ROOT / "examples" / "query.jpg", load_similarity()[1]).to(device)
+    r = load_image(ROOT / "examples" / "reference.jpg", load_similarity()[1]).to(device)
+    fixed = RISE(model, n_masks=n_masks, batch_size=250, device=device)
+    auto = RISE(model, n_masks="auto", max_masks=n_masks, device=device, batch_size=250)
+    used = auto.explain(q, r).n_masks_used
+    print(f"  adaptive: {used} of {n_masks} masks, {_ms(lambda: auto.explain(q, r)):.1f} ms vs fixed "
+          f"{_ms(lambda: fixed.explain(q, r)):.1f} ms")
+    handler, context = load_handler("saliency", config_overrides={"handler": {
+        "device": device, "batch_size": 250, "max_n_masks": max(n_masks, 4000), "max_cost": max(n_masks, 4600)}})
+    qb, rb = (ROOT / "examples" / "query.jpg").read_bytes(), (ROOT / "examples" / "reference.jpg").read_bytes()
+    options = {"n_masks": n_masks, "outputs": ["npy"]}
+    one = _ms(lambda: run_batch(handler, context, [payload("json", qb, rb, options)]), 3)
+    ten = _ms(lambda: run_batch(handler, context, [payload("json", qb, [rb] * 10, options)]), 3)
+    check("K=10 references cost about one explanation", ten / one <= 1.15,
+          f"served K=10 / K=1 {ten / one:.3f} ({ten:.1f} vs {one:.1f} ms)")
 
 
 def main() -> int:
@@ -128,6 +202,8 @@ def main() -> int:
         check("every served answer, close to the CPU map", len(maps) == args.requests and worst >= 0.99,
               f"{len(maps)}/{args.requests} answered 200, lowest Pearson {worst:.5f}")
         print(f"  served throughput: {args.requests / seconds:.2f} explanations/s ({args.n_masks} masks each)")
+
+    library_speed(device, args.n_masks if not args.cpu else 64)
 
     print(f"\n{'all checks passed' if not FAILURES else 'FAILED: ' + ', '.join(FAILURES)} "
           f"in {time.time() - start:.0f} s")

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from sane.errors import InputError
 from sane.images import to_rgb
@@ -117,11 +117,67 @@ def heatmap_png(
     return buf.getvalue()
 
 
+DISPLAY_SIDE = 448  # long side, in pixels, of an overlay meant to be looked at
+
+
+def for_display(image: Image.Image, min_side: int = DISPLAY_SIDE) -> Image.Image:
+    """``image`` at its own resolution, enlarged (bicubic) until its long side is at least ``min_side``
+    (0: as it is); never shrunk."""
+    long_side = max(image.size)
+    if min_side <= 0 or long_side >= min_side:
+        return image
+    scale = min_side / long_side
+    return image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+
+
 def save_overlay(
     path: str | os.PathLike,
     image: Image.Image,
     saliency: torch.Tensor | np.ndarray,
     alpha: float = 0.5,
+    min_side: int = 0,
 ) -> None:
-    """Write :func:`overlay` to ``path``; the format follows the file extension (PNG, JPEG...)."""
-    overlay(image, saliency, alpha).save(os.fspath(path))
+    """Write :func:`overlay` to ``path`` (the format follows the extension), over ``image`` at its own
+    resolution or enlarged to a long side of ``min_side`` (:func:`for_display`)."""
+    overlay(for_display(image, min_side), saliency, alpha).save(os.fspath(path))
+
+
+def explanation_card(
+    query: Image.Image,
+    reference: Image.Image,
+    query_map: torch.Tensor | np.ndarray,
+    reference_map: torch.Tensor | np.ndarray | None,
+    similarity: float,
+    explanations: list[dict] | None = None,
+    title: str = "",
+    side: int = DISPLAY_SIDE,
+) -> Image.Image:
+    """One picture of an explanation: query and reference side by side (each with its heat map, the
+    reference plain in fixed mode) at ``side`` pixels high, the similarity, and the top attributes
+    with their scores as bars."""
+    def panel(image: Image.Image, saliency) -> Image.Image:
+        shown = overlay(image, saliency) if saliency is not None else to_rgb(image)
+        return shown.resize((max(1, round(shown.width * side / shown.height)), side), Image.BICUBIC)
+
+    left, right = panel(query, query_map), panel(reference, reference_map)
+    font, small = ImageFont.load_default(size=max(12, side // 18)), ImageFont.load_default(size=max(10, side // 24))
+    pad, line = side // 28, side // 14
+    rows = list(explanations or [])
+    width = left.width + right.width + 3 * pad
+    height = pad + line + side + pad + line + len(rows) * line + pad
+    card = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(card)
+    draw.text((pad, pad), title or "query", fill="black", font=small)
+    draw.text((2 * pad + left.width, pad), "reference", fill="black", font=small)
+    card.paste(left, (pad, pad + line))
+    card.paste(right, (2 * pad + left.width, pad + line))
+    y = pad + line + side + pad
+    draw.text((pad, y), f"similarity {similarity:.3f}", fill="black", font=font)
+    top = max((float(e["score"]) for e in rows), default=1.0) or 1.0
+    bar_x, bar_w = pad + width // 3, width - width // 3 - 2 * pad
+    for k, e in enumerate(rows):
+        y = pad + line + side + pad + (k + 1) * line
+        draw.text((pad, y), f"{k + 1}. {e['attribute']}  {float(e['score']):.3f}", fill="black", font=small)
+        length = max(1, round(bar_w * max(0.0, float(e["score"])) / top))
+        draw.rectangle((bar_x, y + line // 5, bar_x + length, y + line - line // 4), fill=(214, 96, 48))
+    return card

@@ -89,3 +89,31 @@ def test_png_and_save(tmp_path) -> None:
     saved = Image.open(path)
     assert saved.size == (20, 20)
     np.testing.assert_array_equal(np.asarray(saved.convert("RGB")), np.asarray(overlay(image, sal, 0.3)))
+
+
+def test_display_overlays_keep_large_images_and_enlarge_small_ones(tmp_path):
+    from sane.heatmap import for_display
+
+    small, large = Image.new("RGB", (112, 80), "white"), Image.new("RGB", (900, 600), "white")
+    assert for_display(small).size == (448, 320) and for_display(large) is large
+    assert for_display(small, 0) is small
+    saliency = torch.zeros(112, 112)
+    saliency[:, :56] = 1.0  # the left half is hot
+    save_overlay(tmp_path / "o.png", small, saliency, min_side=448)
+    out = np.asarray(Image.open(tmp_path / "o.png"), dtype=np.float32)
+    assert out.shape == (320, 448, 3)
+    left, right = out[:, :200].mean((0, 1)), out[:, -200:].mean((0, 1))
+    assert not np.allclose(left, right, atol=5)  # the map's two halves show in the enlarged overlay
+
+
+def test_the_card_shows_both_images_the_similarity_and_one_bar_per_attribute():
+    from sane.heatmap import explanation_card
+
+    q, r = Image.new("RGB", (112, 112), (0, 0, 255)), Image.new("RGB", (112, 112), (0, 255, 0))
+    rows = [{"attribute": "red", "score": 0.8}, {"attribute": "round", "score": 0.4}]
+    card = explanation_card(q, r, torch.rand(112, 112), None, 0.93, rows, side=224)
+    few = explanation_card(q, r, torch.rand(112, 112), None, 0.93, rows[:1], side=224)
+    assert card.width >= 2 * 224 and card.height > few.height  # a line per attribute
+    arr = np.asarray(card)
+    right_panel = arr[60:200, card.width - 150 : card.width - 20]
+    assert (np.abs(right_panel.astype(int) - [0, 255, 0]).sum(-1) < 30).mean() > 0.9  # the reference, as it is

@@ -116,3 +116,31 @@ def test_modes_that_cannot_be_decoded_faithfully_are_400():
         with pytest.raises(InputError, match=match) as err:
             open_image(source, field="query")
         assert err.value.field == "query" and err.value.status == 400
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_close_to_the_full_decode():
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).resize((2400, 1800), Image.BILINEAR)
+    buf = io.BytesIO()
+    coarse.save(buf, format="JPEG", quality=92)
+    data = buf.getvalue()
+    pre = Preprocess(112)
+    reduced = pre.open(data)
+    assert reduced.size == (300, 225)  # 1/8 of each side: both still >= 112
+    full = pre.to_tensor(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert float((pre.to_tensor(reduced) - full).abs().mean()) < 0.05  # normalised units: the same picture
+
+
+def test_the_pixel_cap_follows_the_model_and_spares_jpegs():
+    pre = Preprocess(112)
+    assert pre.max_pixels == 16_000_000 and Preprocess(512).max_pixels == 64_000_000  # at most the library-wide cap
+    side = 4100  # 16.8 MP, above the 112-px model's cap
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (side, side), (40, 90, 160)).save(buf, format=fmt)
+        if fmt == "PNG":
+            with pytest.raises(InputError) as info:
+                pre.open(buf.getvalue(), "query")
+            assert info.value.status == 413 and info.value.field == "query"
+        else:
+            assert max(pre.open(buf.getvalue()).size) <= side // 8 + 1

@@ -24,7 +24,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         n_masks=args.n_masks, n_samples=args.n_samples, iterations=args.iterations, seed=args.seed,
         batch_size=args.batch_size, device=args.device, amp=args.amp, fast=args.fast, int8=args.int8,
         attributes=args.attributes,
-        top_k=args.top_k, attribute_model=args.attribute_model, prior=args.prior,
+        top_k=args.top_k, attribute_model=args.attribute_model, prior=args.prior, display=args.display_size,
     )
     for line in summary_lines(report, args.out):
         print(line)
@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("reference", help="reference image file")
     explain.add_argument("--method", default="rise", choices=METHODS)
     explain.add_argument("--mode", default="fixed", choices=["fixed", "both"])
-    explain.add_argument("--out", default="out", help="directory for the PNG overlays and result.json")
+    explain.add_argument("--out", default="out", help="directory for the PNG overlays, card.png and result.json")
+    explain.add_argument("--display-size", type=int, default=448,
+                         help="overlays at least this many pixels on the long side (0: the image's own size)")
     add_run_options(explain)
     explain.add_argument("--n-masks", type=mask_count, default=2000,
                          help="RISE masks, or 'auto': stop when the map has converged (at most 2000)")

@@ -176,43 +176,44 @@ def _cmd_request(args: argparse.Namespace) -> int:
               + (f" (field {response['field']})" if response.get("field") else ""))
         return 1
     if len(args.reference) == 1:
-        lines = write_response(response, args.out, args.query, args.reference[0])
+        lines = write_response(response, args.out, args.query, args.reference[0], args.display_size)
     else:  # one folder per reference, each as for a single reference
         common = {k: v for k, v in response.items() if k != "references"}
         lines = []
         for k, (path, entry) in enumerate(zip(args.reference, response["references"])):
             lines += [f"reference {k}: {path}"] + write_response({**common, **entry}, Path(args.out) / f"reference_{k}",
-                                                                  args.query, path)
+                                                                  args.query, path, args.display_size)
     for line in lines:
         print(line)
     return 0
 
 
-def write_response(response: dict, out: str | Path, query_path: str, reference_path: str) -> list[str]:
+def write_response(response: dict, out: str | Path, query_path: str, reference_path: str,
+                   display: int | None = None) -> list[str]:
     """Write a served explanation as `sane explain` writes one (:func:`~sane.explain.outputs.write_explanation`):
-    overlays on the input images (cropped to a map's ``box``), raw float16 maps (.npy), the server's
-    own heat maps, result.json (the response without its base64 blobs). Returns the lines to print."""
+    overlays on the input images (cropped to a map's ``box``) at least ``display`` pixels on the long side,
+    raw float16 maps (.npy), the server's own heat maps, card.png, result.json (the response without its
+    base64 blobs). Returns the lines to print."""
     import base64
 
     from sane.explain.outputs import summary_lines, write_explanation
+    from sane.heatmap import DISPLAY_SIDE
     from sane.images import open_image
     from sane.serving.worker.encoding import decode_npy
 
     report = {"query": str(query_path), "reference": str(reference_path), **json.loads(json.dumps(response))}
     maps, images, heatmaps = {}, {}, {}
     for name, source in (("query", query_path), ("reference", reference_path)):
-        part = (report.get("saliency") or {}).get(name)
-        if not part:
-            continue
+        part = (report.get("saliency") or {}).get(name) or {}
+        image = open_image(source, name)
+        images[name] = image.crop(tuple(part["box"])) if part.get("box") else image  # what the model saw
         if "png" in part:
             heatmaps[name] = base64.b64decode(part.pop("png"))
         if "npy" in part:
             maps[name] = decode_npy(part.pop("npy"))
-            image = open_image(source, name)
-            images[name] = image.crop(tuple(part["box"])) if part.get("box") else image  # what the model saw
     for part in [*(report.get("embeddings") or {}).values(), *([report["embedding"]] if "embedding" in report else [])]:
         part["npy"] = f"<{len(part['npy'])} base64 chars>"
-    result = write_explanation(out, report, maps, images, heatmaps)
+    result = write_explanation(out, report, maps, images, heatmaps, display=DISPLAY_SIDE if display is None else display)
     return summary_lines(result, out)
 
 
@@ -285,6 +286,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                          help="the generator's size (RISE masks, or 'auto': until the map has converged)")
     request.add_argument("--seed", type=int, default=None)
     request.add_argument("--options", default=None, help="further options as a JSON object")
-    request.add_argument("--out", default="out/request", help="directory for heat maps, maps and result.json")
+    request.add_argument("--out", default="out/request", help="directory for heat maps, maps, card.png and result.json")
+    request.add_argument("--display-size", type=int, default=448,
+                         help="overlays at least this many pixels on the long side (0: the image's own size)")
     request.set_defaults(func=_cmd_request)
     add_deploy_command(sub)

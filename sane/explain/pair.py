@@ -12,6 +12,7 @@ from torch import nn
 from sane.errors import InputError
 from sane.explain.outputs import write_explanation
 from sane.explain.ranker import AttributeExplanation, AttributeRanker, load_prior
+from sane.heatmap import DISPLAY_SIDE
 from sane.images import Preprocess, open_image
 from sane.models import load_similarity
 from sane.models.attribute_predictors import load_attributes
@@ -66,9 +67,11 @@ def explain_files(
     top_k: int = 5,
     attribute_model: str | os.PathLike | None = None,
     prior: str | os.PathLike | dict | None = None,
+    display: int = DISPLAY_SIDE,
     **options,
 ) -> dict:
-    """Explain two image files; write heat-map overlays (PNG), raw maps (.npy) and result.json to ``out``
+    """Explain two image files; write heat-map overlays (PNG, at least ``display`` pixels on the long
+    side; 0: the image's own size), raw maps (.npy), card.png and result.json to ``out``
 (:func:`~sane.explain.outputs.write_explanation`, as `sane request` does); returns result.json's content.
 
     With ``attributes`` the query's top_k attributes (SPEC §4, :class:`AttributeRanker`) for the
@@ -82,11 +85,14 @@ def explain_files(
     q_img, r_img = open_image(query, "query"), open_image(reference, "reference")
     model, preprocess = load_similarity(model_path, device)
     t_loaded = time.perf_counter()
-    result = explain_images(model, preprocess, q_img, r_img, method=method, mode=mode, **options)
+    # The model sees the images as a server decodes them (a JPEG at the reduced scale its size allows);
+    # the overlays are drawn on the full images.
+    model_q, model_r = preprocess.open(query, "query"), preprocess.open(reference, "reference")
+    result = explain_images(model, preprocess, model_q, model_r, method=method, mode=mode, **options)
     t_explained = time.perf_counter()
     explanations = None
     if attributes:
-        explanations = rank_attributes(preprocess.visible(q_img), result.query_map, top_k, attribute_model, prior,
+        explanations = rank_attributes(preprocess.visible(model_q), result.query_map, top_k, attribute_model, prior,
                                        device)
     t_ranked = time.perf_counter()
     report = {
@@ -111,7 +117,7 @@ def explain_files(
     if result.reference_map is not None:
         maps["reference"] = result.reference_map.numpy()
     images = {"query": preprocess.visible(q_img), "reference": preprocess.visible(r_img)}
-    return write_explanation(out, report, maps, images)
+    return write_explanation(out, report, maps, images, display=display)
 
 
 def rank_attributes(

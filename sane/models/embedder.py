@@ -3,6 +3,8 @@ declares another similarity, :class:`~sane.models.spec.EmbeddingSpec`)."""
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import torch
@@ -11,6 +13,16 @@ from torch import nn
 from sane.errors import InputError
 from sane.models.optimize import prepare_for_inference, quantize_int8
 from sane.models.spec import embedding_spec
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first frame outside the ``sane`` package (the
+    user's line), however many of the library's constructors lie between."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -57,7 +69,8 @@ class Embedder:
         if quantize and (amp or compile):
             raise InputError("quantize (int8) cannot be combined with amp or compile: pick one precision", "quantize")
         if getattr(model, "training", False):
-            warnings.warn("model is in training mode; call model.eval() for stable explanations", stacklevel=3)
+            warnings.warn("model is in training mode; call model.eval() for stable explanations",
+                          stacklevel=_caller_level())
         self.device = torch.device(device) if device is not None else model_device(model)
         self.embedding = embedding_spec(model)
         if quantize and self.device.type != "cpu":

@@ -83,7 +83,8 @@ class SaliencyGenerator:
       ``n_masks``, LIME's ``n_samples``, the learned mask's ``iterations``), None for a fixed size;
     - ``shares_stream``: whether :meth:`explain_pairs` explains B pairs as one stream of masked
       images (the perturbation engine) rather than one pair at a time;
-    - ``auto_size``: whether the size option takes ``"auto"`` (stop when the map has converged).
+    - ``auto_size``: whether the size option takes ``"auto"`` (stop when the map has converged);
+    - ``needs_gradients``: whether it optimises through the model (then an int8 model will not do).
     """
 
     method = "generator"
@@ -91,6 +92,7 @@ class SaliencyGenerator:
     size_option: str | None = None
     shares_stream = False
     auto_size = False
+    needs_gradients = False  # optimises through the model (no int8 copy)
 
     def __init__(
         self,

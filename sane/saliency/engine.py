@@ -26,6 +26,18 @@ CALIBRATION_MASKS = 16  # masked copies of each image an int8 generator calibrat
 _CALIBRATION_SEED_OFFSET = 7_919  # calibration masks never coincide with a generator's own
 
 
+def calibration_batch(images: torch.Tensor, substrate: str | float | torch.Tensor = "mean", seed: int = 0
+                      ) -> torch.Tensor:
+    """What an int8 model is calibrated on: ``images`` (U, 3, H, W) and ``CALIBRATION_MASKS`` copies of
+    each under seeded RISE masks over the substrate, the kind of input every generator feeds (whatever
+    its own masks). A worker quantizes once on its archive's images; a generator on its first pair."""
+    masks = rise_masks(CALIBRATION_MASKS, 8, 0.5, tuple(images.shape[-2:]), seed + _CALIBRATION_SEED_OFFSET,
+                       images.device)
+    subs = torch.stack([make_substrate(img, substrate).expand_as(img) for img in images])
+    masked = torch.addcmul(subs[:, None], (images - subs)[:, None], masks[None, :, None])
+    return torch.cat([images, masked.reshape(-1, *images.shape[1:])])
+
+
 class PerturbationGenerator(SaliencyGenerator):
     """Base of mask-based generators; subclasses define the masks and the attribution rule.
 
@@ -58,17 +70,11 @@ class PerturbationGenerator(SaliencyGenerator):
 
     # -- the engine ------------------------------------------------------------------------
     def _calibrate(self, images: torch.Tensor, condition=None) -> None:
-        """With ``quantize``, before the first forward: calibrate the int8 model on ``images`` (U, 3, H, W)
-        and ``CALIBRATION_MASKS`` copies of each under seeded RISE masks over the substrate, the
-        kind of input every generator feeds (whatever its own masks). Once per generator."""
+        """With ``quantize``, before the first forward: calibrate the int8 model on :func:`calibration_batch`
+        of ``images`` (U, 3, H, W) over this generator's substrate. Once per generator."""
         if not self.embedder.quantize or self.embedder.calibrated:
             return
-        images = images.to(self.device)
-        masks = rise_masks(CALIBRATION_MASKS, 8, 0.5, tuple(images.shape[-2:]), self.seed + _CALIBRATION_SEED_OFFSET,
-                           self.device)
-        subs = self._substrates(images)
-        masked = torch.addcmul(subs[:, None], (images - subs)[:, None], masks[None, :, None])
-        self.embedder.calibrate(torch.cat([images, masked.reshape(-1, *images.shape[1:])]), condition)
+        self.embedder.calibrate(calibration_batch(images.to(self.device), self.substrate, self.seed), condition)
 
     def _substrates(self, images: torch.Tensor) -> torch.Tensor:
         """(U, 3, H, W): what a hidden pixel of each image shows (``substrate``)."""

@@ -46,6 +46,7 @@ class LearnedMask(PerturbationGenerator):
     method = "mask"
     size_option = "iterations"
     shares_stream = False  # each pair optimises its own mask
+    needs_gradients = True
     BACKWARD_FACTOR = 3  # an iteration is a forward and a backward pass: ~3 forward passes
 
     def __init__(

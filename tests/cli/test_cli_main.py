@@ -30,7 +30,10 @@ def test_explain_writes_overlays_maps_and_a_json_equal_to_the_library(tmp_path, 
     assert main(argv) == 0
     report = json.loads((out / "result.json").read_text())
     assert {"query_saliency.png", "reference_saliency.png", "query_saliency.npy"} <= set(report["files"])
-    assert Image.open(out / "query_saliency.png").size == Image.open(QUERY).size
+    # Overlays at the image's own resolution, enlarged to 448 px on the long side for display; a card.
+    assert Image.open(QUERY).size == (112, 112) and Image.open(out / "query_saliency.png").size == (448, 448)
+    card = Image.open(out / "card.png")
+    assert "card.png" in report["files"] and card.width > 2 * 448 and card.height > 448
     model, pre = load_similarity()
     expected = RISE(model, n_masks=200, seed=3).explain(load_image(QUERY, pre), load_image(REFERENCE, pre), "both")
     assert report["similarity"] == pytest.approx(expected.similarity, abs=1e-6)

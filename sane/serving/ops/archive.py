@@ -45,14 +45,18 @@ class ArchiveSpec:
     extra_files: tuple[str, ...] = ()  # further files for the archive root, relative to the checkout
 
 
+# What an int8 worker (handler.quantize) calibrates on: the bundled example pair, at the archive's root.
+CALIBRATION_FILES = ("examples/query.jpg", "examples/reference.jpg")
+
 ARCHIVES: dict[str, ArchiveSpec] = {
     "similarity": ArchiveSpec("similarity", "similarity_handler.py", "similarity.yaml",
                               "embeddings and similarity scores of image pairs"),
     "saliency": ArchiveSpec("saliency", "saliency_handler.py", "saliency.yaml",
-                            "similarity + saliency maps (any registered generator)"),
+                            "similarity + saliency maps (any registered generator)",
+                            extra_files=CALIBRATION_FILES),
     "sane": ArchiveSpec("sane", "sane_handler.py", "sane.yaml",
                         "similarity + saliency maps + the query's top-k attribute explanations",
-                        extra_files=("sane/models/weights/attributes_sane.pt",)),
+                        extra_files=("sane/models/weights/attributes_sane.pt", *CALIBRATION_FILES)),
 }
 DEFAULT_ARCHIVES = ("similarity", "saliency", "sane")
 
@@ -124,6 +128,8 @@ def profile_config(profile: str, gpus: int | None = None, workers_per_gpu: int |
         cores = _positive("--cores", cores if cores is not None else (os.cpu_count() or 1))
         workers = _positive("--workers", workers if workers is not None else max(1, cores // 4), high=cores)
         return {"minWorkers": workers, "maxWorkers": workers, "deviceType": "cpu",
+                # int8 (handler.quantize) stays off: calibrated once per worker its maps fall to Pearson
+                # ~0.98 to fp32's on other pairs (tests/serving/worker/test_int8.py), under the 0.999 bar.
                 "handler": {"device": "cpu", "threads": cores // workers}}
     raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
 

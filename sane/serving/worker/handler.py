@@ -24,10 +24,10 @@ from typing import Any
 import torch
 
 from sane.errors import InputError
-from sane.images import open_image
 from sane.models.checkpoint import LoadedModel, load_model
-from sane.models.optimize import prepare_for_inference
+from sane.models.optimize import prepare_for_inference, quantize_int8
 from sane.models.spec import ModelSpec
+from sane.saliency.engine import calibration_batch
 from sane.saliency.masks import BANKS
 from sane.serving.worker.config import ServingConfig
 from sane.serving.worker.metrics import HandlerMetrics
@@ -53,6 +53,7 @@ class PreparedPair:
 
 
 MODEL_SPEC_FILE = "model_spec.json"  # what `sane archive` declares about the model (sane.serving.ops.archive)
+CALIBRATION_IMAGES = ("query.jpg", "reference.jpg")  # an int8 worker's calibration pair, at the archive's root
 
 
 def load_served_model(model_dir: str, serialized: str | None, device) -> LoadedModel:
@@ -77,7 +78,8 @@ class ServingHandler:
     def __init__(self):
         self.initialized = False
         self.config: ServingConfig | None = None
-        self.model = None
+        self.model = None  # what generators run: the float model, or its int8 copy (handler.quantize)
+        self.float_model = None  # for generators that need gradients (the learned mask)
         self.preprocess = None
         self.device = torch.device("cpu")
         self.metrics: HandlerMetrics | None = None
@@ -96,10 +98,29 @@ class ServingHandler:
         loaded = load_served_model(props.get("model_dir") or "", self.model_path(context), self.device)
         self.model, self.preprocess = loaded.model, loaded.preprocess
         # Once per worker: BN folded into the convs (+ NHWC weights), shared by every request's generator.
-        self.model = prepare_for_inference(self.model, self.config.fuse, self.config.channels_last)
+        self.float_model = self.model = prepare_for_inference(self.model, self.config.fuse, self.config.channels_last)
+        if self.config.quantize:  # and an int8 copy, calibrated once on the archive's images
+            self.model = self.quantized(props.get("model_dir") or "", loaded.model)
+        if self.config.compile:  # compiled once per worker (per batch shape), reused by every generator
+            self.model = torch.compile(self.model)
         self.metrics = HandlerMetrics(context)
         self.initialized = True
         logger.info("%s handler ready on %s (%s)", self.archive, self.device, self.config)
+
+    def quantized(self, model_dir: str, model: torch.nn.Module) -> torch.nn.Module:
+        """The int8 copy of ``model`` (:func:`~sane.models.optimize.quantize_int8`) calibrated on
+        :func:`~sane.saliency.engine.calibration_batch` of the archive's :data:`CALIBRATION_IMAGES`."""
+        if self.device.type != "cpu":
+            raise ValueError(f"model-config handler.quantize (int8) runs on the CPU, not on {self.device}")
+        paths = [os.path.join(model_dir, name) for name in CALIBRATION_IMAGES]
+        if not all(os.path.isfile(path) for path in paths):
+            raise ValueError(f"handler.quantize needs the calibration images {', '.join(CALIBRATION_IMAGES)} in "
+                             f"the archive ({model_dir})")
+        images = torch.stack([self.preprocess.to_tensor(self.preprocess.open(path)) for path in paths])
+        batch = calibration_batch(images)
+        if self.config.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return quantize_int8(model, batch, self.config.batch_size)
 
     @staticmethod
     def model_path(context) -> str | None:
@@ -168,11 +189,11 @@ class ServingHandler:
         """Decode a parsed request's images into model-ready tensors (an archive may add ``extra`` inputs;
         ``extra["query_image"]``, the decoded query; ``extra["boxes"]``, with a cropping preprocess, the
         part of each image the model sees)."""
-        query = open_image(pair.query, "query")
+        query = self.preprocess.open(pair.query, "query")  # a JPEG at the reduced scale the model allows
         if pair.references is None:
-            references = [open_image(pair.reference, "reference")]
+            references = [self.preprocess.open(pair.reference, "reference")]
         else:
-            references = [open_image(data, f"references.{k}") for k, data in enumerate(pair.references)]
+            references = [self.preprocess.open(data, f"references.{k}") for k, data in enumerate(pair.references)]
         tensors = [self.preprocess.to_tensor(image) for image in references]
         item = PreparedPair(self.preprocess.to_tensor(query), tensors[0], options,
                             references=tensors if pair.references is not None else None)

@@ -38,7 +38,8 @@ class SaliencyHandler(ServingHandler):
         kwargs = {k: v for k, v in server.items() if k in cls.parameters() and (v or k == "batch_size")}
         if cls.size_option is not None and options.n_masks is not None:
             kwargs[cls.size_option] = options.n_masks  # n_masks, n_samples or iterations
-        return make_generator(self.model, options.method, seed=options.seed, preprocess=self.preprocess, **kwargs,
+        model = self.float_model if cls.needs_gradients else self.model
+        return make_generator(model, options.method, seed=options.seed, preprocess=self.preprocess, **kwargs,
                               **dict(options.generator))
 
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:

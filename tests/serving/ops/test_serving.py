@@ -161,7 +161,9 @@ def test_sane_request_command_writes_the_heat_maps(server, tmp_path):
     for name in ("query_saliency.png", "reference_saliency.png", "query_heatmap.png", "query_saliency.npy",
                  "reference_saliency.npy", "result.json"):
         assert (out / name).is_file(), name
-    assert Image.open(out / "query_saliency.png").size == Image.open(ROOT / "examples" / "query.jpg").size
+    assert Image.open(out / "query_saliency.png").size == (448, 448)  # the 112-px query, enlarged for display
+    assert Image.open(out / "query_heatmap.png").size == (112, 112)  # the server's own PNG: the map's size
+    assert (out / "card.png").is_file()
     result = json.loads((out / "result.json").read_text())
     assert result["mode"] == "both" and result["options"]["n_masks"] == 60
 
