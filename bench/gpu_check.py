@@ -102,12 +102,12 @@ def library_speed(device: str, n_masks: int) -> None:
     for name, (model, size) in models.items():
         q, r = (torch.randn((3, size, size), generator=gen).to(device) for _ in range(2))
         fp32 = RISE(model, n_masks=n_masks, batch_size=250, device=device)
-        x = torch.randn((250, 3, size, size), generator=gen).to(device)
+        x = torch.randn((min(250, n_masks), 3, size, size), generator=gen).to(device)
 
-        def bare(model=model, x=x):
+        def bare(model=model, x=x):  # the N forward passes RISE makes, in its batches of 250
             with torch.inference_mode():
-                for _ in range(max(1, n_masks // 250)):
-                    model(x)
+                for start in range(0, n_masks, 250):
+                    model(x[: min(250, n_masks - start)])
 
         explain_ms, bare_ms = _ms(lambda g=fp32, q=q, r=r: g.explain(q, r)), _ms(bare)
         print(f"  {name}: RISE / bare forwards {explain_ms / bare_ms:.3f} ({explain_ms:.1f} vs {bare_ms:.1f} ms)")
@@ -185,8 +185,14 @@ def main() -> int:
     options = {"method": "rise", "n_masks": args.n_masks, "seed": 0, "outputs": ["npy"]}
     with tempfile.TemporaryDirectory(prefix="sane-gpu-check-") as tmp, \
             temporary_server(tmp, ["saliency"], ROOT / "config.properties", profile, timeout=400) as server:
-        log = "\n".join(p.read_text(errors="replace") for p in (Path(server.workdir) / "logs").glob("model_log*.log"))
-        devices = re.findall(r"saliency handler ready on (\w+(?::\d+)?)", log)
+        deadline = time.time() + 120  # READY means one worker is up; the others may still be loading
+        while True:
+            log = "\n".join(p.read_text(errors="replace")
+                            for p in (Path(server.workdir) / "logs").glob("model_log*.log"))
+            devices = re.findall(r"saliency handler ready on (\w+(?::\d+)?)", log)
+            if len(devices) >= workers or time.time() > deadline:
+                break
+            time.sleep(2)
         counts = {d: devices.count(d) for d in sorted(set(devices))}
         expected = {"cpu": workers} if args.cpu else {f"cuda:{i}": args.workers_per_gpu for i in range(gpus)}
         check("workers spread over the GPUs", counts == expected, f"workers per device {counts}, expected {expected}")
