@@ -132,25 +132,22 @@ def parse_pair_request(data: dict[str, Any]) -> PairRequest:
                 ) from exc
         if not isinstance(body, dict):
             raise RequestError(f"body: expected a JSON object, got {type(body).__name__}", "body")
-        if _check_fields(set(body), indexed=False):
+        many = _check_fields(set(body), indexed=False)
+        query = _b64(body["query"], "query")  # the query's errors first, as for one reference
+        if many:
             listed = body[REFERENCES]
             if not isinstance(listed, list) or not listed:
                 raise RequestError(f"{REFERENCES}: expected a non-empty list of base64 images", REFERENCES)
             references = [_b64(v, f"{REFERENCES}.{k}") for k, v in enumerate(listed)]
-            return PairRequest(_b64(body["query"], "query"), references[0], parse_options(body.get("options")),
-                               references)
-        return PairRequest(
-            query=_b64(body["query"], "query"),
-            reference=_b64(body["reference"], "reference"),
-            options=parse_options(body.get("options")),
-        )
+        else:
+            references = [_b64(body["reference"], "reference")]
+        return _request(query, references, body.get("options"), bool(many))
     names = _check_fields(set(data), indexed=True)
-    if names:
-        references = [_as_bytes(data[n], n) for n in names]
-        return PairRequest(_as_bytes(data["query"], "query"), references[0], parse_options(data.get("options")),
-                           references)
-    return PairRequest(
-        query=_as_bytes(data["query"], "query"),
-        reference=_as_bytes(data["reference"], "reference"),
-        options=parse_options(data.get("options")),
-    )
+    query = _as_bytes(data["query"], "query")
+    references = [_as_bytes(data[n], n) for n in names] if names else [_as_bytes(data["reference"], "reference")]
+    return _request(query, references, data.get("options"), bool(names))
+
+
+def _request(query: bytes, references: list[bytes], options: Any, many: bool) -> PairRequest:
+    """A :class:`PairRequest` of one reference, or of K (``many``: ``references`` set)."""
+    return PairRequest(query, references[0], parse_options(options), references if many else None)
