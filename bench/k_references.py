@@ -50,7 +50,7 @@ def main() -> None:
                 call()
                 times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"served RISE, {args.n_masks} masks, CPU profile, median of {args.rounds} interleaved rounds:")
+    print(f"served RISE, {args.n_masks} masks, CPU profile (int8 per request), median of {args.rounds} interleaved rounds:")
     for name, seconds in median.items():
         print(f"  {name:26s} {seconds:7.3f} s")
     one, many = median["K=1"], median[f"K={args.k} in one request"]

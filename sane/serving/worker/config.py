@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+QUANTIZE_MODES = ("off", "pair", "worker")
+
 
 @dataclass(frozen=True)
 class ServingConfig:
@@ -21,9 +23,11 @@ class ServingConfig:
     amp: bool = False  # mixed-precision forward passes (bf16 on CPU, fp16 on GPU; maps change slightly)
     channels_last: bool = False  # NHWC batches (faster convolutions on CPU and on tensor cores)
     fuse: bool = False  # fold BatchNorm into the convolutions once at load (same function, faster forwards)
-    # CPU only: an int8 copy of the model, calibrated once at load on the archive's calibration images
-    # (maps close to fp32's, not equal; not with amp; the learned mask keeps the float model)
-    quantize: bool = False
+    # CPU only, an int8 copy of the model (not with amp or compile; the learned mask keeps the float model):
+    # "pair" calibrates one per request on its own images (what `sane explain --int8` does: maps at
+    # Pearson ~0.9998 to fp32's), "worker" (or true) once at load on the archive's pair (cheaper per
+    # request, maps ~0.998, down to ~0.988 on some pairs), "off" (or false) runs fp32.
+    quantize: str | bool = "off"
     compile: bool = False  # torch.compile the model once per worker (a compile per batch shape; for GPU workers)
     threads: int | None = None  # torch intra-op threads in the worker (None: torch's default)
     mask_cache_mb: int = 512  # mask banks kept for reuse per worker, in MiB (on the worker's device)
@@ -69,11 +73,15 @@ class ServingConfig:
                 f"model-config handler.default_n_masks ({self.default_n_masks}) exceeds max_n_masks "
                 f"({self.max_n_masks})"
             )
-        if self.quantize and self.amp:
+        object.__setattr__(self, "quantize", {True: "worker", False: "off"}.get(self.quantize, self.quantize))  # frozen
+        if self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"model-config handler.quantize must be one of {', '.join(QUANTIZE_MODES)} (or true/false), "
+                             f"got {self.quantize!r}")
+        if self.quantize != "off" and self.amp:
             raise ValueError("model-config handler.quantize (int8) and handler.amp are two precisions: pick one")
-        if self.quantize and self.compile:
+        if self.quantize != "off" and self.compile:
             raise ValueError("model-config handler.quantize (int8) and handler.compile exclude each other")
-        for name in ("amp", "channels_last", "fuse", "quantize", "compile"):
+        for name in ("amp", "channels_last", "fuse", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model-config handler.{name} must be true or false, got {getattr(self, name)!r}")
         if self.default_mode not in ("fixed", "both"):

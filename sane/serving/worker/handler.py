@@ -99,7 +99,9 @@ class ServingHandler:
         self.model, self.preprocess = loaded.model, loaded.preprocess
         # Once per worker: BN folded into the convs (+ NHWC weights), shared by every request's generator.
         self.float_model = self.model = prepare_for_inference(self.model, self.config.fuse, self.config.channels_last)
-        if self.config.quantize:  # and an int8 copy, calibrated once on the archive's images
+        if self.config.quantize != "off" and self.device.type != "cpu":
+            raise ValueError(f"model-config handler.quantize (int8) runs on the CPU, not on {self.device}")
+        if self.config.quantize == "worker":  # an int8 copy, calibrated once on the archive's images
             self.model = self.quantized(props.get("model_dir") or "", loaded.model)
         if self.config.compile:  # compiled once per worker (per batch shape), reused by every generator
             self.model = torch.compile(self.model)
@@ -110,8 +112,6 @@ class ServingHandler:
     def quantized(self, model_dir: str, model: torch.nn.Module) -> torch.nn.Module:
         """The int8 copy of ``model`` (:func:`~sane.models.optimize.quantize_int8`) calibrated on
         :func:`~sane.saliency.engine.calibration_batch` of the archive's :data:`CALIBRATION_IMAGES`."""
-        if self.device.type != "cpu":
-            raise ValueError(f"model-config handler.quantize (int8) runs on the CPU, not on {self.device}")
         paths = [os.path.join(model_dir, name) for name in CALIBRATION_IMAGES]
         if not all(os.path.isfile(path) for path in paths):
             raise ValueError(f"handler.quantize needs the calibration images {', '.join(CALIBRATION_IMAGES)} in "

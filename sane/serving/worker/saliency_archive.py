@@ -36,6 +36,8 @@ class SaliencyHandler(ServingHandler):
         server = {"batch_size": self.config.batch_size, "amp": self.config.amp,
                   "channels_last": self.config.channels_last}
         kwargs = {k: v for k, v in server.items() if k in cls.parameters() and (v or k == "batch_size")}
+        if self.config.quantize == "pair" and not cls.needs_gradients:
+            kwargs["quantize"] = True  # calibrated on the first images it explains: this request's
         if cls.size_option is not None and options.n_masks is not None:
             kwargs[cls.size_option] = options.n_masks  # n_masks, n_samples or iterations
         model = self.float_model if cls.needs_gradients else self.model
@@ -44,8 +46,9 @@ class SaliencyHandler(ServingHandler):
 
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
         groups: dict[tuple, list[int]] = defaultdict(list)
+        own = self.config.quantize == "pair"  # an int8 model calibrated per request: no shared stream
         for idx, item in items.items():
-            groups[item.options.group_key()].append(idx)
+            groups[(item.options.group_key(), idx if own else None)].append(idx)
         out: dict[int, Any] = {}
         for indices in groups.values():
             options: SaliencyOptions = items[indices[0]].options
