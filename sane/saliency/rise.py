@@ -10,14 +10,13 @@ from torch import nn
 
 from sane.errors import InputError
 from sane.saliency.engine import PerturbationGenerator
-from sane.saliency.masks import rise_bank
+from sane.saliency.masks import SAMPLINGS, rise_bank
 
 # Reference masks use a seed stream of their own so they never coincide with the query masks.
 REFERENCE_SEED_OFFSET = 1_000_003
 # An adaptive map's second half of masks: an independent scrambling of the Sobol sequence.
 HALF_SEED_OFFSET = 2_000_003
 AUTO = "auto"
-SAMPLINGS = ("random", "sobol")
 
 
 class RISE(PerturbationGenerator):
