@@ -46,8 +46,11 @@ class SaliencyHandler(ServingHandler):
 
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
         groups: dict[tuple, list[int]] = defaultdict(list)
-        own = self.config.quantize == "pair"  # an int8 model calibrated per request: no shared stream
+        # A request explained on its own (not in a shared stream) when its answer would otherwise depend on
+        # its batch mates: an int8 model calibrated per request, or an adaptive map that stops when all
+        # the maps of its stream have converged.
         for idx, item in items.items():
+            own = self.config.quantize == "pair" or item.options.n_masks == "auto"
             groups[(item.options.group_key(), idx if own else None)].append(idx)
         out: dict[int, Any] = {}
         for indices in groups.values():

@@ -491,3 +491,14 @@ def test_auto_n_masks_is_served_and_reports_the_masks_it_used(saliency, library)
     assert expected.n_masks_used == used
     _assert_maps_match(body, expected)
     assert lime_status == 400 and lime_body["field"] == "options.n_masks"
+
+
+def test_an_auto_request_gets_the_same_answer_whatever_shares_its_batch(saliency):
+    handler, context = saliency
+    q, r = _bytes("query.jpg"), _bytes("reference.jpg")
+    alone = run_batch(handler, context, [payload("json", q, r, {"n_masks": "auto", "seed": 6})])[0][1]
+    batched = run_batch(handler, context, [payload("json", _variant(s), r, {"n_masks": "auto", "seed": 6})
+                                           for s in (1, 2)] + [payload("json", q, r, {"n_masks": "auto", "seed": 6})])
+    assert batched[-1][1]["options"]["n_masks_used"] == alone["options"]["n_masks_used"]
+    np.testing.assert_array_equal(decode_npy(batched[-1][1]["saliency"]["query"]["npy"]),
+                                  decode_npy(alone["saliency"]["query"]["npy"]))
