@@ -94,7 +94,7 @@ def library_speed(device: str, n_masks: int) -> None:
     from sane.saliency import RISE
 
     print(f"\n4. the library on {device} ({n_masks} masks)")
-    compact, _ = load_similarity(device=device)
+    compact, preprocess = load_similarity(device=device)
     torch.manual_seed(0)
     resnet = build_embedding("resnet50", dim=128).eval().to(device)
     models = {"compact 112 px": (compact, 112), "resnet50 224 px": (resnet, 224)}
@@ -125,8 +125,7 @@ def library_speed(device: str, n_masks: int) -> None:
         print("    ms per map: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items())
               + f" (target on an H100/H200 <= {target:g} ms at 2000 masks; best {min(row.values()):.1f})")
     model = compact
-    q = load_image(ROOT / "examples" / "query.jpg", load_similarity()[1]).to(device)
-    r = load_image(ROOT / "examples" / "reference.jpg", load_similarity()[1]).to(device)
+    q, r = (load_image(ROOT / "examples" / name, preprocess).to(device) for name in ("query.jpg", "reference.jpg"))
     fixed = RISE(model, n_masks=n_masks, batch_size=250, device=device)
     auto = RISE(model, n_masks="auto", max_masks=n_masks, device=device, batch_size=250)
     used = auto.explain(q, r).n_masks_used

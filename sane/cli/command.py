@@ -15,7 +15,6 @@ from sane.saliency import GENERATORS
 METHODS = sorted(GENERATORS)
 
 
-
 def _cmd_explain(args: argparse.Namespace) -> int:
     from sane.explain.pair import explain_files
 

@@ -203,9 +203,10 @@ def write_response(response: dict, out: str | Path, query_path: str, reference_p
 
     report = {"query": str(query_path), "reference": str(reference_path), **json.loads(json.dumps(response))}
     maps, images, heatmaps = {}, {}, {}
-    for name, source in (("query", query_path), ("reference", reference_path)):
-        part = (report.get("saliency") or {}).get(name) or {}
-        image = open_image(source, name)
+    sources = (("query", query_path), ("reference", reference_path)) if report.get("saliency") else ()
+    for name, source in sources:
+        part = report["saliency"].get(name) or {}
+        image = open_image(source, name)  # for the overlays and the card: a similarity answer has none
         images[name] = image.crop(tuple(part["box"])) if part.get("box") else image  # what the model saw
         if "png" in part:
             heatmaps[name] = base64.b64decode(part.pop("png"))

@@ -165,7 +165,7 @@ class SaliencyGenerator:
         start = time.perf_counter()
         result = self._explain(q, refs, mode, condition, **kwargs)
         result.timings.setdefault("total_ms", (time.perf_counter() - start) * 1e3)
-        return result if batched else result.first()
+        return result if batched else result.select(0)
 
     def _explain(self, query: torch.Tensor, references: torch.Tensor, mode: str, condition) -> SaliencyResult:
         """The hook: maps of a checked (3, H, W) query against (K, 3, H, W) references, batched (K first)."""

@@ -26,6 +26,11 @@ CALIBRATION_MASKS = 16  # masked copies of each image an int8 generator calibrat
 _CALIBRATION_SEED_OFFSET = 7_919  # calibration masks never coincide with a generator's own
 
 
+def substrates(images: torch.Tensor, substrate: str | float | torch.Tensor = "mean") -> torch.Tensor:
+    """(U, 3, H, W): what a hidden pixel of each of ``images`` shows (:func:`~sane.substrate.make_substrate`)."""
+    return torch.stack([make_substrate(img, substrate).expand_as(img) for img in images])
+
+
 def calibration_batch(images: torch.Tensor, substrate: str | float | torch.Tensor = "mean", seed: int = 0
                       ) -> torch.Tensor:
     """What an int8 model is calibrated on: ``images`` (U, 3, H, W) and ``CALIBRATION_MASKS`` copies of
@@ -33,7 +38,7 @@ def calibration_batch(images: torch.Tensor, substrate: str | float | torch.Tenso
     its own masks). A worker quantizes once on its archive's images; a generator on its first pair."""
     masks = rise_masks(CALIBRATION_MASKS, 8, 0.5, tuple(images.shape[-2:]), seed + _CALIBRATION_SEED_OFFSET,
                        images.device)
-    subs = torch.stack([make_substrate(img, substrate).expand_as(img) for img in images])
+    subs = substrates(images, substrate)
     masked = torch.addcmul(subs[:, None], (images - subs)[:, None], masks[None, :, None])
     return torch.cat([images, masked.reshape(-1, *images.shape[1:])])
 
@@ -76,10 +81,6 @@ class PerturbationGenerator(SaliencyGenerator):
             return
         self.embedder.calibrate(calibration_batch(images.to(self.device), self.substrate, self.seed), condition)
 
-    def _substrates(self, images: torch.Tensor) -> torch.Tensor:
-        """(U, 3, H, W): what a hidden pixel of each image shows (``substrate``)."""
-        return torch.stack([make_substrate(img, self.substrate).expand_as(img) for img in images])
-
     def _score(self, sims: torch.Tensor) -> torch.Tensor:
         return sims if self.attribution == "kept" else 1.0 - sims
 
@@ -115,7 +116,7 @@ class PerturbationGenerator(SaliencyGenerator):
         hw = masks.shape[-2] * masks.shape[-1]
         per_step = max(1, self.embedder.batch_size // u)  # masks per forward batch
         images = images.to(dev)
-        subs = self._substrates(images)
+        subs = substrates(images, self.substrate)
         delta = images - subs
         num = cov = None
         if targets is not None:

@@ -33,7 +33,3 @@ class SaliencyResult:
             reference_map=self.reference_map[k] if self.reference_map is not None else None,
             similarity=float(self.similarity[k]),
         )
-
-    def first(self) -> SaliencyResult:
-        """The result for the first (only) reference of a batched result."""
-        return self.select(0)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from sane.errors import InputError
+from sane.images import load_image
 from sane.models.checkpoint import LoadedModel, load_model
 from sane.models.optimize import prepare_for_inference, quantize_int8
 from sane.models.spec import ModelSpec
@@ -116,7 +117,7 @@ class ServingHandler:
         if not all(os.path.isfile(path) for path in paths):
             raise ValueError(f"handler.quantize needs the calibration images {', '.join(CALIBRATION_IMAGES)} in "
                              f"the archive ({model_dir})")
-        images = torch.stack([self.preprocess.to_tensor(self.preprocess.open(path)) for path in paths])
+        images = torch.stack([load_image(path, self.preprocess) for path in paths])
         batch = calibration_batch(images)
         if self.config.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -199,9 +200,8 @@ class ServingHandler:
                             references=tensors if pair.references is not None else None)
         item.extra["query_image"] = query
         if self.preprocess.resize == "crop":
-            boxes = [list(self.preprocess.crop_box(*image.size)) for image in references]
-            item.extra["boxes"] = {"query": list(self.preprocess.crop_box(*query.size)), "reference": boxes[0],
-                                   "references": boxes}
+            item.extra["boxes"] = {"query": list(self.preprocess.crop_box(*query.size)),
+                                   "references": [list(self.preprocess.crop_box(*image.size)) for image in references]}
         return item
 
     def parse_options(self, options: dict[str, Any], references: int = 1) -> Any:

@@ -100,6 +100,10 @@ def _reference_fields(present: set[str]) -> list[str]:
 def _check_fields(present: set[str], indexed: bool) -> list[str] | None:
     """Check a request's field names; the names of its K references, or None for one reference."""
     references = _reference_fields(present) if indexed else ([REFERENCES] if REFERENCES in present else [])
+    if indexed and REFERENCES in present:  # a repeated multipart field: TorchServe delivers only its last value
+        raise RequestError(f"{REFERENCES}: in a multipart form or gRPC input map, name the K references "
+                           f"{REFERENCES}.0, {REFERENCES}.1, ... (TorchServe 0.12 hands the worker one value per "
+                           "field name, so a repeated field would lose all but its last image)", REFERENCES)
     unknown = sorted(present - set(PAIR_FIELDS) - set(OPTIONAL_FIELDS) - set(references))
     if unknown:
         raise RequestError(

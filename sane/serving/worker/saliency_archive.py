@@ -80,8 +80,8 @@ class SaliencyHandler(ServingHandler):
         """One result per request: a :class:`SaliencyResult`, or a list of K for a request of K references.
 
         A generator that shares a stream explains every (query, reference) pair of the group in one
-        stream (a query's K references share its masked images); the others take each K-reference
-        request in one call (LIME fits all K at once) and the single ones pair by pair."""
+        stream (a query's K references share its masked images); the others take each request in one
+        call with its references as a batch (LIME fits all K at once)."""
         if generator.shares_stream:
             owners = [(n, k) for n, item in enumerate(items) for k in range(len(item.all_references))]
             flat = generator.explain_pairs([items[n].query for n, _ in owners],
@@ -90,15 +90,9 @@ class SaliencyHandler(ServingHandler):
             for (n, _), result in zip(owners, flat):
                 results[n].append(result)
         else:
-            singles = [n for n, item in enumerate(items) if item.references is None]
-            results = [None] * len(items)
-            for n, result in zip(singles, generator.explain_pairs([items[n].query for n in singles],
-                                                                  [items[n].reference for n in singles], mode)):
-                results[n] = [result]
-            for n, item in enumerate(items):
-                if item.references is not None:
-                    batch = generator.explain(item.query, torch.stack(item.references), mode)
-                    results[n] = [batch.select(k) for k in range(len(item.references))]
+            batches = [generator.explain(item.query, torch.stack(item.all_references), mode) for item in items]
+            results = [[batch.select(k) for k in range(len(item.all_references))]
+                       for item, batch in zip(items, batches)]
         return [found if item.references is not None else found[0] for item, found in zip(items, results)]
 
     def encode(self, result: SaliencyResult | list[SaliencyResult], item: PreparedPair) -> dict[str, Any]:
@@ -122,9 +116,8 @@ class SaliencyHandler(ServingHandler):
         """One reference's similarity and maps (``k``: its index in a K-reference request)."""
         options: SaliencyOptions = item.options
         # With a cropping preprocess, each map covers the box (left, top, right, bottom) of its image.
-        boxes = dict(item.extra.get("boxes", {}))
-        if k is not None and "references" in boxes:
-            boxes["reference"] = boxes["references"][k]
+        boxes = item.extra.get("boxes")
+        boxes = {"query": boxes["query"], "reference": boxes["references"][k or 0]} if boxes else {}
         saliency = {"query": encode_map(result.query_map, options.outputs)}
         if result.reference_map is not None:
             saliency["reference"] = encode_map(result.reference_map, options.outputs)

@@ -92,6 +92,7 @@ def test_bad_reference_lists_are_400_naming_the_field(handlers):
         (payload("multipart", q, [r, b"not an image"]), "references.1"),
         (gap, "references.1"),
         (both, "references"),
+        ({"query": bytearray(q), "references": bytearray(r)}, "references"),  # a repeated field, collapsed
         ({"body": {"query": "", "references": []}}, "references"),
     ]
     results = run_batch(handler, context, [c for c, _ in cases])
