@@ -11,16 +11,36 @@ Prints the median seconds of each (interleaved rounds) and their ratio, and K se
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from PIL import Image
 
 from sane.serving.ops.archive import profile_config
 from sane.serving.ops.http_client import HttpClient
 from sane.serving.ops.server import temporary_server
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def distinct_references(data: bytes, k: int) -> list[bytes]:
+    """K different JPEGs made from one image (shifted crops, every other one mirrored): a retrieval
+    answer's K results are K different images, and the engine embeds identical ones only once."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    out = []
+    for i in range(k):
+        d = 1 + i % max(1, min(w, h) // 8)
+        variant = image.crop((d, d // 2, w - d // 2, h - d)).resize((w, h))
+        if i % 2:
+            variant = variant.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        buffer = io.BytesIO()
+        variant.save(buffer, format="JPEG", quality=95)
+        out.append(buffer.getvalue())
+    return out
 
 
 def main() -> None:
@@ -32,14 +52,15 @@ def main() -> None:
     profile = profile_config("cpu", workers=1)
     profile["handler"].update(max_references=max(16, args.k), max_n_masks=max(4000, args.n_masks))
     q, r = (ROOT / "examples" / "query.jpg").read_bytes(), (ROOT / "examples" / "reference.jpg").read_bytes()
+    refs = distinct_references(r, args.k)
     options = {"n_masks": args.n_masks, "seed": 0}
     with tempfile.TemporaryDirectory(prefix="sane-k-refs-") as tmp, \
             temporary_server(tmp, ["saliency"], ROOT / "config.properties", profile, timeout=400) as server:
         client = HttpClient(server.inference_url, timeout=600)
         calls = {
             "K=1": lambda: client.request("saliency", q, r, options),
-            f"K={args.k} in one request": lambda: client.request("saliency", q, [r] * args.k, options, body="json"),
-            f"{args.k} separate requests": lambda: [client.request("saliency", q, r, options) for _ in range(args.k)],
+            f"K={args.k} in one request": lambda: client.request("saliency", q, refs, options, body="json"),
+            f"{args.k} separate requests": lambda: [client.request("saliency", q, one, options) for one in refs],
         }
         for call in calls.values():  # warm-up: mask banks, allocator
             call()

@@ -37,7 +37,8 @@ def rise_masks(
     of ``grid² + 2`` dimensions per mask, each cell kept where its coordinate is below ``p``) instead
     of independent coin flips: every cell, pair of cells and offset is spread evenly over any
     power-of-two prefix of the bank, so a map converges in fewer masks (quasi-Monte Carlo).
-    Seeded and deterministic for the same arguments and device; cached (do not modify in place).
+    Seeded and deterministic for the same arguments: drawn on the CPU, the same masks on every device
+    (up to the upsampling's float rounding); cached (do not modify in place).
     """
     return _rise_masks(*_rise_key(n, grid, p, size, seed, device, sampling))
 
@@ -97,11 +98,13 @@ def _rise_cells(n: int, grid: int, p: float, size: tuple[int, int], seed: int, d
         dy = (u[:, -2] * cell_h).long().clamp_(max=cell_h - 1)
         dx = (u[:, -1] * cell_w).long().clamp_(max=cell_w - 1)
         return cells, dy, dx
-    gen = torch.Generator(device=device).manual_seed(seed)
-    cells = torch.rand((n, 1, grid, grid), generator=gen, device=device) < p
-    dy = torch.randint(0, cell_h, (n,), generator=gen, device=device)
-    dx = torch.randint(0, cell_w, (n,), generator=gen, device=device)
-    return cells, dy, dx
+    # Drawn on the CPU whatever the device (a CUDA generator draws other numbers from the same seed), so
+    # a map is the same on every device up to float rounding; the draw is small, the upsampling is not.
+    gen = torch.Generator().manual_seed(seed)
+    cells = torch.rand((n, 1, grid, grid), generator=gen) < p
+    dy = torch.randint(0, cell_h, (n,), generator=gen)
+    dx = torch.randint(0, cell_w, (n,), generator=gen)
+    return cells.to(device), dy.to(device), dx.to(device)
 
 
 def _upsample(params, start: int, stop: int, size: tuple[int, int]) -> torch.Tensor:

@@ -90,6 +90,18 @@ def test_k_references_cost_n_passes_and_match_single_reference_maps(image64):
     assert both.query_map.shape == (2, 64, 64) and both.reference_map.shape == (2, 64, 64)
 
 
+def test_repeated_references_are_embedded_once_and_equal_sums_are_not_merged(image64):
+    counter = CountingModel(RegionModel(BOX)).eval()
+    swapped = image64.clone()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]  # same pixels in another order: the same sum, another image
+    assert float(swapped.sum()) == float(image64.sum()) and not torch.equal(swapped, image64)
+    refs = [image64.clone(), swapped, image64.clone(), swapped.clone()]  # equal by value, not by identity
+    batch = RISE(counter, n_masks=40, batch_size=40).explain_pairs([image64] * 4, refs)
+    # N masks of the one distinct query, the query itself and 2 distinct references (1 if merged by sum)
+    assert sum(counter.batches) == 40 + 1 + 2
+    assert torch.equal(batch[0].query_map, batch[2].query_map) and torch.equal(batch[1].query_map, batch[3].query_map)
+
+
 def test_same_seed_is_bit_identical_and_seeds_agree_at_n_2000(image64):
     model = RegionModel(BOX).eval()
     a = RISE(model, n_masks=2000, batch_size=500, seed=0).explain(image64, image64).query_map

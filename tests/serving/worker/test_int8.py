@@ -80,6 +80,31 @@ def test_the_cpu_profile_serves_int8_calibrated_per_request_at_pearson_0999(pair
         np.testing.assert_allclose(served_map, own.query_map.numpy(), atol=3e-3)
 
 
+def test_k_references_calibrate_on_a_bounded_sample_and_stay_close_to_fp32(pairs, monkeypatch):
+    """K distinct references must not make a request's int8 calibration K times dearer (K=10 cost 1.41 x
+    K=1 before): masked copies of the first CALIBRATION_MAX_IMAGES images only (queries first), every
+    other reference seen unmasked. These are non-matching pairs (one example's query against other
+    examples' images), where even a single-reference int8 map is at 0.997-0.9997 to fp32's."""
+    import sane.saliency.engine as engine
+
+    seen = []
+    original = engine.calibration_batch
+    monkeypatch.setattr(engine, "calibration_batch", lambda images, *a, **k: seen.append(len(images)) or
+                        original(images, *a, **k))
+    handler, context = load_handler("saliency", config_overrides=PAIR)
+    model, pre = load_similarity()
+    query = pairs[0][0]
+    references = [r for _, r in pairs] + [q for q, _ in pairs[1:]]  # 5 distinct images
+    [(status, body)] = run_batch(handler, context, [payload("json", query, references, {"n_masks": 400, "seed": 1})])
+    assert status == 200, body
+    assert seen == [engine.CALIBRATION_MAX_IMAGES] and engine.CALIBRATION_MAX_IMAGES < 1 + len(references)
+    fp32 = RISE(model, n_masks=400, seed=1, batch_size=64).explain(
+        load_image(query, pre), torch.stack([load_image(r, pre) for r in references]))
+    for k, answer in enumerate(body["references"]):
+        served_map = decode_npy(answer["saliency"]["query"]["npy"]).astype(np.float32)
+        assert _pearson(served_map, fp32.query_map[k].numpy()) >= 0.995
+
+
 def test_the_served_int8_model_is_the_one_calibrated_on_the_archive_pair(int8_handler, pairs):
     handler, context = int8_handler
     model, pre = load_similarity()
