@@ -36,6 +36,8 @@ from sane.metrics import insertion_deletion, mass_inside, pointing_game
 from sane.models import Embedder, load_similarity
 from sane.saliency import LIME, RISE, LearnedMask, RandomSaliency, SlidingWindow
 from sane.saliency.masks import window_positions
+from sane.serving.ops.archive import profile_config
+from sane.serving.worker.config import ServingConfig
 
 # Paper (supplementary Table 1): seconds per map on a 2020 GPU.
 PAPER = {
@@ -453,6 +455,14 @@ def run_peers(args, model, pairs, generators, lime_segments, bs) -> dict:
                     int8_corr.append(pearson(ours_x.query_map, ours_rise))
                 theirs_bs = bs if ex.embedder.batch_size == bs else f"{bs}, ours {ex.embedder.batch_size}"
                 add(f"{label} vs TorchRay rise fp32 (batch {theirs_bs})", t_x, t,
+                    pearson(ours_x.query_map, theirs.cpu()), pearson(ours_x.query_map, theirs_cov))
+            if dev.type == "cpu":  # the served CPU profile: a fresh int8 copy calibrated on each request's pair,
+                # NHWC, at the handler's forward batch (what `sane archive --profile cpu` serves)
+                served_bs = ServingConfig.from_model_yaml(profile_config("cpu", workers=1)).batch_size
+                served = RISE(model, **{**rise_opts, "batch_size": served_bs}, channels_last=True, quantize=True)
+                ours_x, t_x = timed(served.explain, q, r)
+                add(f"RISE int8 per pair, batch {served_bs} (served CPU profile) vs TorchRay rise fp32 (batch {bs})",
+                    t_x, t,
                     pearson(ours_x.query_map, theirs.cpu()), pearson(ours_x.query_map, theirs_cov))
             # Same comparison with TorchRay handed the same optimised forward (our fused NHWC model under
             # bf16 autocast): what is left is the difference between the two RISE implementations.
