@@ -1,5 +1,5 @@
 """The research subcommands of `sane`: data synth / example-pair, train-similarity, eval-similarity,
-eval-saliency, cache-saliency, train-attributes, calibrate-attributes, estimate-prior, tune-ranker,
+eval-saliency, cache-saliency, discover-attributes, name-attributes, train-attributes, calibrate-attributes, estimate-prior, tune-ranker,
 eval-attributes, eval-explanations, and `pipeline`, which runs the training and evaluation steps in order.
 
 Registered by ``add_research_commands(sub)`` in :func:`sane.cli.command.build_parser`. Every ``--data`` of
@@ -46,6 +46,44 @@ def _cmd_cache_saliency(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, progress=not args.quiet,
     )
     print(f"saliency cache in {out}")
+    return 0
+
+
+def _cmd_discover_attributes(args: argparse.Namespace) -> int:
+    """Discover attributes over a data set without labels, write them where every command reads labels."""
+    from sane.data import open_dataset
+    from sane.train.discovery import DiscoverySettings, discover, write_vocabulary
+
+    settings = DiscoverySettings(method=args.method, n_attributes=args.n_attributes, neighbours=args.neighbours,
+                                 keep=args.keep, grid=args.grid, patch=args.patch, n_masks=args.n_masks,
+                                 n_reference_masks=args.reference_masks, queries=args.queries,
+                                 batch_size=args.batch_size, seed=args.seed)
+    settings.validate()
+    loaded = load_from_args(args)
+    dataset = open_dataset(ensure_data(args.data), split="all", preprocess=loaded.preprocess)
+    found = discover(loaded.model, dataset, settings, cache_dir=Path(args.out) / "cache", device=args.device,
+                     progress=not args.quiet)
+    out = write_vocabulary(dataset, found, args.out)
+    covered = int((found.image_attributes.sum(1) > 0).sum())
+    print(f"{settings.method} discovery: {len(found.attributes)} attributes over {len(found.unit_image)} "
+          f"{'patches' if settings.method == 'patch' else 'images'}; {covered} of {len(dataset)} images have one")
+    if dataset.scenes and all(s is not None for s in dataset.scenes):
+        from sane.evaluation.discovery import format_recovery, recovery
+
+        print("recovery of the true factors, NMI (purity):")
+        print(format_recovery({settings.method: recovery(found, dataset)}))
+    print(f"wrote {out}: train on it with `sane train-attributes --data {out}`; contact sheets in "
+          f"{out / 'contact-sheets'}; name the attributes in {out / 'discovered-attributes.json'} and run "
+          f"`sane name-attributes {out}`")
+    return 0
+
+
+def _cmd_name_attributes(args: argparse.Namespace) -> int:
+    """Apply the names edited in discovered-attributes.json."""
+    from sane.train.discovery import rename_attributes
+
+    names = rename_attributes(args.dir)
+    print(f"{len(names)} attributes named in {Path(args.dir) / 'predicates.txt'}: {', '.join(names)}")
     return 0
 
 
@@ -349,6 +387,29 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
     cache.add_argument("--device", default="cpu")
     cache.add_argument("--quiet", action="store_true")
     cache.set_defaults(func=_cmd_cache_saliency)
+
+    disc = sub.add_parser("discover-attributes",
+                          help="discover attributes for data without attribute labels (the seed's section 4)")
+    disc.add_argument("--data", default=DEFAULT_DATA, help="data directory, AwA2 layout (labels not needed)")
+    disc.add_argument("--out", required=True, help="where the discovered vocabulary is written (a data set "
+                      "over the same images; a rerun resumes its cache)")
+    disc.add_argument("--method", default="patch", choices=["patch", "full-frame", "random"])
+    disc.add_argument("--n-attributes", type=int, default=20, help="attributes (clusters) to discover")
+    disc.add_argument("--neighbours", type=int, default=10, help="K: nearest neighbours explained per query")
+    disc.add_argument("--keep", type=int, default=5, help="N: neighbours kept per query")
+    disc.add_argument("--grid", type=int, default=7, help="cells per side of the peak grid (seed: 7)")
+    disc.add_argument("--patch", type=int, default=30, help="patch side in model-input pixels (seed: 30)")
+    disc.add_argument("--n-masks", type=int, default=500, help="RISE masks over each query")
+    disc.add_argument("--reference-masks", type=int, default=50, help="RISE masks over each neighbour")
+    disc.add_argument("--queries", type=int, default=None, help="images used as queries (default: all)")
+    disc.add_argument("--seed", type=int, default=0)
+    disc.add_argument("--quiet", action="store_true")
+    add_run_options(disc)
+    disc.set_defaults(func=_cmd_discover_attributes, batch_size=250)
+
+    name = sub.add_parser("name-attributes", help="apply the names edited in DIR/discovered-attributes.json")
+    name.add_argument("dir", help="a discover-attributes --out directory")
+    name.set_defaults(func=_cmd_name_attributes)
 
     train = sub.add_parser("train-attributes", help="train the SANE attribute predictor or a baseline")
     train.add_argument("--model", default="sane", choices=["sane", "classifier", "fashionsearchnet"])

@@ -60,6 +60,11 @@ def _read_matrix(path: Path, rows: int, cols: int) -> np.ndarray:
     return matrix.astype(np.uint8)
 
 
+# The files that hold attribute labels; a directory with none of them is a data set without labels
+# (`sane discover-attributes` gives it some).
+ATTRIBUTE_FILES = ("predicates.txt", "predicate-matrix-binary.txt", "instance-attributes.txt")
+
+
 class AttributeDataset(LabelledImageDataset):
     """Images with class labels and binary attributes from an AwA2-format directory.
 
@@ -86,10 +91,14 @@ class AttributeDataset(LabelledImageDataset):
         self.split = split
         self.preprocess = preprocess or Preprocess()
         self.classes: list[str] = read_index(_required(self.root, "classes.txt"))
-        self.attributes: list[str] = read_index(_required(self.root, "predicates.txt"))
-        self.class_attributes: np.ndarray = _read_matrix(
-            _required(self.root, "predicate-matrix-binary.txt"), len(self.classes), len(self.attributes)
-        )
+        labels = [name for name in ATTRIBUTE_FILES if (self.root / name).exists()]
+        if labels:  # attribute labels: predicates.txt and the class matrix (an unlabelled set has neither)
+            self.attributes: list[str] = read_index(_required(self.root, "predicates.txt"))
+            self.class_attributes: np.ndarray = _read_matrix(
+                _required(self.root, "predicate-matrix-binary.txt"), len(self.classes), len(self.attributes)
+            )
+        else:
+            self.attributes, self.class_attributes = [], np.zeros((len(self.classes), 0), dtype=np.uint8)
         image_dir = _required(self.root, "JPEGImages")
 
         if split == "all":

@@ -19,7 +19,8 @@ MARKERS: dict[str, tuple[str, ...]] = {
 LAYOUTS = {
     "awa2": "AwA2: JPEGImages/<class>/<image>.jpg, classes.txt and predicates.txt ('<idx> <name>' lines), "
             "predicate-matrix-binary.txt (classes x predicates, 0/1), trainclasses.txt, testclasses.txt "
-            "(optional: instance-attributes.txt, scenes.jsonl, masks/)",
+            "(optional: instance-attributes.txt, scenes.jsonl, masks/; without the attribute files, a data "
+            "set without labels)",
     "polyvore": f"Polyvore Outfits: images/<item_id>.jpg, {METADATA_FILE} ({{item_id: {{'semantic_category': ...}}}}), "
                 "nondisjoint/{train,valid,test}.json (outfits {'set_id', 'items': [{'item_id', 'index'}]}), "
                 f"{ATTRIBUTES_FILE} ({{item_id: [attribute name, ...]}})",

@@ -42,6 +42,13 @@ class LabelledImageDataset(Dataset):
     scenes: list[Scene | None] | None = None
     mask_dir: Path | None = None
 
+    def require_attributes(self) -> LabelledImageDataset:
+        """``self`` when it has attribute labels; else a ValueError saying how to get some."""
+        if not self.attributes:
+            raise ValueError(f"{self.root} has no attribute labels: discover some with `sane discover-attributes "
+                             f"--data {self.root} --out DIR` and use DIR as --data")
+        return self
+
     def relative_path(self, index: int) -> str:
         """Path of sample ``index`` relative to the root, with forward slashes."""
         return Path(self.samples[index][0]).relative_to(self.root).as_posix()

@@ -302,7 +302,7 @@ def evaluate_explanations(
     if database not in DATABASES:
         raise ValueError(f"database must be one of {DATABASES}, got {database!r}")
     rng = np.random.default_rng(seed)
-    split_data = open_dataset(data_dir, split=split)
+    split_data = open_dataset(data_dir, split=split).require_attributes()
     if database == "auto":
         database = "all" if split_data.scenes is not None else "split"
     space = retrieval_space(similarity_model, similarity_preprocess, attribute_models, data_dir,

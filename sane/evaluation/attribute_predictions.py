@@ -48,7 +48,7 @@ def evaluate_attributes(
     data), per attribute group: mAP, the pointing game and mass inside the object of each present
     attribute's activation map (upsampled to the image), plus the chance level of pointing (mean object
     area). ``limit`` evaluates a seeded random subset of the split."""
-    dataset = open_dataset(data_dir, split=split, preprocess=preprocess, with_masks=True)
+    dataset = open_dataset(data_dir, split=split, preprocess=preprocess, with_masks=True).require_attributes()
     names = list(model.attributes)
     if names != list(dataset.attributes):
         raise ValueError(f"the model's {len(names)} attributes are not those of {data_dir} ({len(dataset.attributes)}): "

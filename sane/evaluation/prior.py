@@ -117,7 +117,7 @@ def estimate_prior(
     if by not in PRIOR_MEASURES:
         raise ValueError(f"by must be one of {PRIOR_MEASURES}, got {by!r}")
     model, preprocess = load_similarity(similarity, device)
-    dataset = open_dataset(data_dir, split="train", preprocess=preprocess)
+    dataset = open_dataset(data_dir, split="train", preprocess=preprocess).require_attributes()
     has_scenes = dataset.scenes is not None and all(s is not None for s in dataset.scenes)
     if by == "auto":
         by = "counterfactual" if has_scenes else "deletion"

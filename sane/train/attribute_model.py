@@ -151,7 +151,7 @@ def train_attributes(
     lam = lam if kind == "sane" else 0.0
     torch.manual_seed(seed)
     preprocess = Preprocess(image_size)
-    dataset = open_dataset(data_dir, split="train", preprocess=preprocess)
+    dataset = open_dataset(data_dir, split="train", preprocess=preprocess).require_attributes()
     images, targets = dataset.stack_images(progress=progress), np.asarray(dataset.targets)
     labels = torch.from_numpy(dataset.image_attributes.astype(np.float32))
     is_val = validation_split(targets, val_fraction, seed)
