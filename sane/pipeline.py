@@ -3,6 +3,8 @@
 Steps, in order, each the function its own `sane` command calls, every artifact under ``out``:
 
 1. ``train-similarity``    -> ``similarity.pt``            (:func:`~sane.train.similarity_model.train_similarity`)
+   ``discover-attributes`` -> ``discovered/``              with ``--discover``: a vocabulary found over the
+                              images (:mod:`sane.train.discovery`), which the later steps learn and evaluate
 2. ``cache-saliency``      -> ``saliency_cache/``          (:func:`~sane.train.saliency_cache.build_saliency_cache`)
 3. ``train-sane``          -> ``attributes_sane.pt``       (:func:`~sane.train.attribute_model.train_attributes`)
 4. ``train-classifier``    -> ``attributes_classifier.pt`` (the same, λ = 0)
@@ -77,6 +79,12 @@ class PipelineOptions:
     similarity_model: str | None = None
     similarity_weights: str | None = None
     similarity_declarations: dict[str, Any] = field(default_factory=dict)
+    # Attribute discovery before the attribute steps (patch | full-frame | random; None: the data's own
+    # labels): the attribute models then learn the discovered vocabulary written to out/discovered.
+    discover: str | None = None
+    discover_attributes: int = 20
+    discover_queries: int | None = None
+    discover_n_masks: int = 500
 
 
 @dataclass
@@ -92,7 +100,9 @@ class Step:
 def _remove(path: Path) -> None:
     """Delete a step's output (file, directory, or a checkpoint's ``.state`` beside it)."""
     for p in (path, path.with_name(path.name + ".state")):
-        if p.is_dir():
+        if p.is_symlink():  # a shared output (e.g. a saliency cache linked in): the link goes, not its target
+            p.unlink()
+        elif p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
@@ -134,11 +144,16 @@ def run_pipeline(
 
     ``progress`` shows the steps' progress bars; one line per step start and end is always logged.
     """
-    from sane.data import detect_format
+    from sane.data import detect_format, open_dataset
 
     opts = options or PipelineOptions()
     data = str(Path(data_dir).resolve())
     layout = detect_format(data)  # fail before creating anything when the directory is not a data set
+    if opts.discover is None:
+        open_dataset(data, split="all").require_attributes()  # before hours of training, not after
+    elif layout != "awa2":
+        raise ValueError(f"--discover writes its vocabulary as an AwA2-layout data set; {data} has the {layout} "
+                         "layout, which discovery does not take yet")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, data)
@@ -150,7 +165,11 @@ def run_pipeline(
         "prior": out / "prior.json",
         "eval_attributes": out / "eval_attributes.json",
         "eval_explanations": out / "eval_explanations.json",
+        "discovered": out / "discovered",
     }
+    # Where the attribute steps read labels: the data, or the vocabulary discovered over its images
+    # (the same images and relative paths, so the saliency cache made on the data fits it).
+    labels = str(paths["discovered"]) if opts.discover else data
     results: dict[str, Any] = {}
 
     @functools.cache
@@ -188,12 +207,26 @@ def run_pipeline(
                              batch_size=opts.batch_size, device=opts.device, progress=progress)
         return f"{len(SaliencyCache(paths['cache']))} images cached in {paths['cache']}"
 
+    def discover_step() -> str:
+        from sane.models import load_similarity
+        from sane.train.discovery import DiscoverySettings, discover, write_vocabulary
+
+        model, preprocess = load_similarity(similarity_source(), opts.device)
+        settings = DiscoverySettings(method=opts.discover, n_attributes=opts.discover_attributes,
+                                     queries=opts.discover_queries, n_masks=opts.discover_n_masks,
+                                     batch_size=opts.batch_size, seed=opts.seed)
+        dataset = open_dataset(data, split="all", preprocess=preprocess)
+        found = discover(model, dataset, settings, cache_dir=out / "discovery_cache", device=opts.device,
+                         progress=progress)
+        write_vocabulary(dataset, found, paths["discovered"])
+        return f"{opts.discover} discovery: {len(found.attributes)} attributes; wrote {paths['discovered']}"
+
     def attribute_step(kind: str) -> Callable[[], str]:
         def run() -> str:
             from sane.train.attribute_model import train_attributes
 
             report = train_attributes(
-                data, paths[kind], kind=kind, cache=paths["cache"] if kind == "sane" else None,
+                labels, paths[kind], kind=kind, cache=paths["cache"] if kind == "sane" else None,
                 arch=opts.attribute_arch, image_size=opts.image_size, epochs=opts.attribute_epochs,
                 batch_size=opts.attribute_batch_size, lam=opts.lam, val_fraction=opts.val_fraction,
                 patience=opts.patience, limit=opts.limit, seed=opts.seed, device=opts.device, progress=progress,
@@ -208,14 +241,14 @@ def run_pipeline(
         from sane.train.attribute_model import calibrate_attributes
 
         for kind in ("sane", "classifier"):
-            calibrate_attributes(paths[kind], data, opts.calibration, opts.val_fraction, opts.seed, progress=progress)
+            calibrate_attributes(paths[kind], labels, opts.calibration, opts.val_fraction, opts.seed, progress=progress)
         return f"{opts.calibration} thresholds in {paths['sane'].name} and {paths['classifier'].name}"
 
     def prior_step() -> str:
         from sane.evaluation.prior import estimate_prior
         from sane.explain.ranker import save_prior
 
-        prior, measure = estimate_prior(data, similarity_source(), by=opts.prior_by, sane=paths["sane"],
+        prior, measure = estimate_prior(labels, similarity_source(), by=opts.prior_by, sane=paths["sane"],
                                         classifier=paths["classifier"], n_pairs=opts.prior_pairs, k=opts.k,
                                         val_fraction=opts.val_fraction, seed=opts.seed, batch_size=opts.batch_size,
                                         device=opts.device, progress=progress)
@@ -229,7 +262,7 @@ def run_pipeline(
         from sane.explain.ranker import load_prior
 
         selections, utility = tune_ranker(
-            similarity_source(), {kind: paths[kind] for kind in ("sane", "classifier")}, data,
+            similarity_source(), {kind: paths[kind] for kind in ("sane", "classifier")}, labels,
             load_prior(paths["prior"]), device=opts.device, n_pairs=opts.tune_pairs, n_masks=opts.eval_n_masks,
             k=opts.k, draws=opts.draws, val_fraction=opts.val_fraction, seed=opts.seed, batch_size=opts.batch_size,
             progress=progress)
@@ -246,9 +279,9 @@ def run_pipeline(
         reports = {}
         for kind in ("sane", "classifier"):
             model, preprocess = load_attributes(paths[kind], opts.device)
-            report = evaluate_attributes(model, preprocess, data, split=opts.eval_split, limit=opts.eval_limit,
+            report = evaluate_attributes(model, preprocess, labels, split=opts.eval_split, limit=opts.eval_limit,
                                          seed=opts.seed, batch_size=opts.batch_size, progress=progress)
-            report["saliency_agreement"] = saliency_agreement(model, preprocess, data, paths["cache"],
+            report["saliency_agreement"] = saliency_agreement(model, preprocess, labels, paths["cache"],
                                                               batch_size=opts.batch_size)
             log(f"{kind}: " + format_attribute_report(report))
             reports[kind] = report
@@ -263,7 +296,7 @@ def run_pipeline(
 
         similarity, preprocess = load_similarity(similarity_source(), opts.device)
         models = {kind: load_attributes(paths[kind], opts.device) for kind in ("sane", "classifier")}
-        report = evaluate_explanations(similarity, preprocess, models, data, split=opts.eval_split,
+        report = evaluate_explanations(similarity, preprocess, models, labels, split=opts.eval_split,
                                        n_pairs=opts.eval_pairs, n_masks=opts.eval_n_masks, k=opts.k, draws=opts.draws,
                                        seed=opts.seed, batch_size=opts.batch_size, progress=progress)
         report["prior"] = str(paths["prior"])
@@ -278,8 +311,12 @@ def run_pipeline(
     if opts.similarity_model is not None:
         first = Step("own-similarity", [], ["similarity_model", "similarity_weights", "similarity_declarations"],
                      own_similarity_step)
+    discovery = [Step("discover-attributes", ["discovered"],
+                      ["discover", "discover_attributes", "discover_queries", "discover_n_masks", "seed"],
+                      discover_step)] if opts.discover else []
     steps = [
         first,
+        *discovery,
         Step("cache-saliency", ["saliency_cache"], ["n_masks", "refs", "map_size", "cache_limit", "val_fraction", "seed"],
              cache_step),
         Step("train-sane", ["attributes_sane.pt"], [*training, "lam"], attribute_step("sane")),

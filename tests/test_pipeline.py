@@ -229,3 +229,30 @@ def test_on_synthetic_data_the_pipeline_keeps_the_ground_truth_checks(tmp_path: 
     explanations = json.loads((out / "eval_explanations.json").read_text())
     assert explanations["counterfactual"] is True and sum(explanations["best_factor_counts"].values()) == 4
     assert all(0 <= row["counterfactual_top1"] <= 1 for row in explanations["methods"].values())
+
+
+@pytest.mark.slow
+def test_a_data_set_without_attribute_labels_goes_through_the_pipeline_with_discovery(tmp_path: Path, capsys):
+    data = write_tiny_awa2(tmp_path / "awa2")
+    for name in ("predicates.txt", "predicate-matrix-binary.txt"):
+        (data / name).unlink()  # AwA2 images and classes, no attribute labels
+    images = sorted(p.relative_to(data) for p in (data / "JPEGImages").rglob("*.jpg"))
+    out = tmp_path / "run"
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY]) == 2  # refused before any training
+    assert "no attribute labels" in capsys.readouterr().err and not (out / "similarity.pt").exists()
+    discover = ["--discover", "patch", "--discover-attributes", "4", "--discover-queries", "10",
+                "--discover-n-masks", "8"]
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY, *discover]) == 0
+    assert step_lines(capsys.readouterr().out) == dict.fromkeys(STEPS, "ran")
+    state = json.loads((out / STATE_FILE).read_text())
+    assert state["steps"]["discover-attributes"]["done"]
+    vocabulary = open_dataset(out / "discovered", split="all")
+    assert vocabulary.attributes == [f"discovered_{c:02d}" for c in range(4)]
+    model, _ = load_attributes(out / "attributes_sane.pt")
+    assert list(model.attributes) == vocabulary.attributes  # the SANE model learned the discovered vocabulary
+    report = json.loads((out / "eval_explanations.json").read_text())
+    assert set(report["methods"]) == set(METHODS)
+    # other discovery settings rerun discovery and what follows; the data's own images are never touched
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY, *discover[:-1], "12"]) == 0
+    assert step_lines(capsys.readouterr().out)["train-similarity"] == "skipped"
+    assert sorted(p.relative_to(data) for p in (data / "JPEGImages").rglob("*.jpg")) == images

@@ -529,6 +529,13 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--epochs", type=int, default=15, help="similarity training epochs")
     group.add_argument("--classes-per-batch", type=int, default=8)
     group.add_argument("--per-class", type=int, default=4)
+    group = pipe.add_argument_group("attribute discovery (for data without attribute labels)")
+    group.add_argument("--discover", default=None, choices=["patch", "full-frame", "random"],
+                       help="discover the attributes first (sane discover-attributes) and learn those")
+    group.add_argument("--discover-attributes", type=int, default=20, help="attributes to discover")
+    group.add_argument("--discover-queries", type=int, default=None, help="images used as discovery queries "
+                       "(default: all)")
+    group.add_argument("--discover-n-masks", type=int, default=500, help="RISE masks per discovery query")
     group = pipe.add_argument_group("saliency cache")
     group.add_argument("--n-masks", type=int, default=2000, help="RISE masks per cached map")
     group.add_argument("--refs", type=int, default=5, help="same-class references per training image, at most")
