@@ -21,6 +21,8 @@ from sane.explain.ranker import load_prior
 from sane.models import load_similarity
 from sane.models.attribute_predictors import load_attributes
 from sane.pipeline import STATE_FILE, PipelineOptions, run_pipeline
+from sane.serving.ops.archive import build_archive
+from sane.serving.ops.inprocess import load_archive, payload, run_batch
 from sane.train.saliency_cache import SaliencyCache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -252,6 +254,19 @@ def test_a_data_set_without_attribute_labels_goes_through_the_pipeline_with_disc
     assert list(model.attributes) == vocabulary.attributes  # the SANE model learned the discovered vocabulary
     report = json.loads((out / "eval_explanations.json").read_text())
     assert set(report["methods"]) == set(METHODS)
+    # served: a `sane` archive on the discovered vocabulary answers with its names and contact sheets
+    mar = build_archive("sane", tmp_path / "store", out / "similarity.pt", attribute_model=out / "attributes_sane.pt")
+    handler, context = load_archive(mar)
+    query, reference = (data / "JPEGImages" / "antelope" / f"antelope_{n}.jpg" for n in (10001, 10002))
+    [(status, body)] = run_batch(handler, context, [payload("json", query.read_bytes(), reference.read_bytes(),
+                                                            {"n_masks": 8, "top_k": 2})])
+    assert status == 200, body
+    sheets = {a["id"]: a["contact_sheet"] for a in
+              json.loads((out / "discovered" / "discovered-attributes.json").read_text())["attributes"]}
+    for explanation in body["explanations"]:
+        assert explanation["attribute"] in vocabulary.attributes
+        assert explanation["contact_sheet"] == sheets[explanation["id"]]
+        assert (out / "discovered" / explanation["contact_sheet"]).is_file()
     # other discovery settings rerun discovery and what follows; the data's own images are never touched
     assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY, *discover[:-1], "12"]) == 0
     assert step_lines(capsys.readouterr().out)["train-similarity"] == "skipped"

@@ -197,6 +197,8 @@ def save_attributes(
             "std": list(preprocess.std),
             "thresholds": [float(t) for t in thresholds] if thresholds is not None else None,
             "ranker": _plain_ranker_settings(ranker),
+            # discovered attributes (``sane discover-attributes``): name -> {"id", "contact_sheet"}
+            "vocabulary": getattr(model, "vocabulary", None),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "meta": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))},
         },
@@ -233,8 +235,9 @@ def load_attributes(
     """Load an attribute model in eval mode with its preprocessing (None: the bundled SANE model).
 
     The model carries ``attributes`` (names), ``kind``, ``arch``, ``thresholds`` (a (A,) tensor,
-    or None when the checkpoint has none) and ``ranker_defaults`` (the tuned prior, w and γ that
-    :class:`~sane.explain.ranker.AttributeRanker` uses when not told otherwise; None when untuned).
+    or None when the checkpoint has none), ``ranker_defaults`` (the tuned prior, w and γ that
+    :class:`~sane.explain.ranker.AttributeRanker` uses when not told otherwise; None when untuned) and
+    ``vocabulary`` (for discovered attributes, name -> {"id", "contact_sheet"}; else None).
     """
     ckpt = read_attribute_checkpoint(path if path is not None else default_attribute_weights())
     model = build_attribute_model(ckpt["kind"], ckpt["attributes"], ckpt["arch"])
@@ -242,6 +245,7 @@ def load_attributes(
     thresholds = ckpt.get("thresholds")
     model.thresholds = torch.tensor(thresholds) if thresholds is not None else None
     model.ranker_defaults = ckpt.get("ranker")
+    model.vocabulary = ckpt.get("vocabulary")
     preprocess = Preprocess(ckpt["input_size"], tuple(ckpt["mean"]), tuple(ckpt["std"]))
     return model.to(device).eval(), preprocess
 

@@ -8,6 +8,7 @@ share of the training-class images, the best-mAP checkpoint kept, per-epoch stat
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sane.data import open_dataset
+from sane.data.awa2 import read_index
 from sane.explain.map_match import DEFAULT_TAU, heatmap_loss, saliency_target
 from sane.images import Preprocess
 from sane.metrics.average_precision import mean_average_precision
@@ -115,6 +117,21 @@ def _validate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
     return mean_average_precision(scores, labels), scores
 
 
+def discovered_vocabulary(data_dir: str | os.PathLike) -> dict[str, dict[str, str]] | None:
+    """For a data set written by ``sane discover-attributes``: each attribute name -> its discovered id
+    and its contact sheet (relative to that data set's folder, as in its discovered-attributes.json);
+    None for a data set with its own labels."""
+    from sane.train.discovery import VOCABULARY_FILE
+
+    path = Path(data_dir) / VOCABULARY_FILE
+    if not path.is_file():
+        return None
+    names = read_index(Path(data_dir) / "predicates.txt")
+    entries = json.loads(path.read_text())["attributes"]
+    return {name: {"id": str(entry["id"]), "contact_sheet": str(entry["contact_sheet"])}
+            for name, entry in zip(names, entries)}
+
+
 def train_attributes(
     data_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -163,6 +180,7 @@ def train_attributes(
         raise ValueError(f"need training and validation images; got {len(train_idx)} and {len(val_idx)}")
 
     model = build_attribute_model(kind, dataset.attributes, arch, weights).to(device)
+    model.vocabulary = discovered_vocabulary(data_dir)  # discovered attributes: their contact sheets, served
     hw = _map_size(model, image_size, device)
     if lam > 0:
         maps16, valid = SaliencyCache(cache).aligned(dataset)

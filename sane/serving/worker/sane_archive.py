@@ -139,14 +139,20 @@ class SaneHandler(SaliencyHandler):
         explanations = self.ranker.rank(item.extra["attribute_query"], result.query_map, item.options.top_k)
         return SaneResult(result, explanations, (time.perf_counter() - start) * 1e3)
 
+    def _explanations(self, result: SaneResult) -> list[dict[str, Any]]:
+        """The ranked attributes; a discovered one also names its id and contact sheet (where a person
+        can see what the attribute is)."""
+        vocabulary = getattr(self.ranker.model, "vocabulary", None) or {}
+        return [{**e.to_dict(), **vocabulary.get(e.attribute, {})} for e in result.explanations]
+
     def encode(self, result: SaneResult | list[SaneResult], item: PreparedPair) -> dict[str, Any]:
         if isinstance(result, list):
             body = super().encode([r.saliency for r in result], item)
             for entry, r in zip(body["references"], result):
-                entry["explanations"] = [e.to_dict() for e in r.explanations]
+                entry["explanations"] = self._explanations(r)
             body["timing_ms"]["rank"] = round(sum(r.rank_ms for r in result), 3)
             return body
         body = super().encode(result.saliency, item)
-        body["explanations"] = [e.to_dict() for e in result.explanations]
+        body["explanations"] = self._explanations(result)
         body["timing_ms"]["rank"] = round(result.rank_ms, 3)
         return body
