@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,9 @@ class PipelineOptions:
     discover_attributes: int = 20
     discover_queries: int | None = None
     discover_n_masks: int = 500
+    # An existing saliency cache to use (and extend) instead of out/saliency_cache, never removed by a
+    # rerun: what `sane discovery-table` shares between its pipelines (the maps do not depend on labels).
+    shared_cache: str | None = None
 
 
 @dataclass
@@ -159,7 +162,7 @@ def run_pipeline(
     state = _load_state(out, data)
     paths = {
         "similarity": out / "similarity.pt",
-        "cache": out / "saliency_cache",
+        "cache": Path(opts.shared_cache) if opts.shared_cache else out / "saliency_cache",
         "sane": out / "attributes_sane.pt",
         "classifier": out / "attributes_classifier.pt",
         "prior": out / "prior.json",
@@ -317,8 +320,8 @@ def run_pipeline(
     steps = [
         first,
         *discovery,
-        Step("cache-saliency", ["saliency_cache"], ["n_masks", "refs", "map_size", "cache_limit", "val_fraction", "seed"],
-             cache_step),
+        Step("cache-saliency", [] if opts.shared_cache else ["saliency_cache"],
+             ["n_masks", "refs", "map_size", "cache_limit", "val_fraction", "seed", "shared_cache"], cache_step),
         Step("train-sane", ["attributes_sane.pt"], [*training, "lam"], attribute_step("sane")),
         Step("train-classifier", ["attributes_classifier.pt"], training, attribute_step("classifier")),
         Step("calibrate", [], ["calibration", "val_fraction", "seed"], calibrate_step),
@@ -363,3 +366,53 @@ def run_pipeline(
     for key in ("eval_attributes", "eval_explanations"):
         results[key] = json.loads(paths[key].read_text())
     return results
+
+
+# -- the seed's Table 2: SANE on discovered vocabularies and on the supervised attributes ------------
+TABLE2_METHODS = ("random", "full-frame", "patch", "supervised")
+TABLE2_LABELS = {"random": "Random", "full-frame": "Full Frame Discovery", "patch": "Patch Discovery",
+                 "supervised": "Supervised Attributes"}
+
+
+def run_discovery_table(
+    data_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    options: PipelineOptions | None = None,
+    methods: tuple[str, ...] = TABLE2_METHODS,
+    progress: bool = True,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:
+    """One pipeline per vocabulary under ``out/<method>`` (``supervised``: the data's own labels),
+    sharing one similarity model and one saliency cache (the first run's: ``shared_cache`` of the others);
+    returns {method: SANE's attribute insertion/deletion (x100) and its test mAP} (SPEC §5)."""
+    opts = options or PipelineOptions()
+    unknown = [m for m in methods if m not in TABLE2_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be among {', '.join(TABLE2_METHODS)}, got {list(methods)}")
+    out = Path(out)
+    rows: dict[str, dict[str, float]] = {}
+    first: Path | None = None
+    for method in methods:
+        run_out = out / method
+        run_opts = replace(opts, discover=None if method == "supervised" else method)
+        if first is not None:
+            if opts.similarity_model is None:  # the first run trained it: the others explain that model
+                run_opts = replace(run_opts, similarity_model=str(first / "similarity.pt"))
+            run_opts = replace(run_opts, shared_cache=str((first / "saliency_cache").resolve()))
+        log(f"== {TABLE2_LABELS[method]} -> {run_out}")
+        result = run_pipeline(data_dir, run_out, run_opts, progress=progress, command=command, log=log)
+        sane = result["eval_explanations"]["methods"]["SANE"]
+        rows[method] = {"insertion": sane["insertion"], "deletion": sane["deletion"],
+                        "mAP": result["eval_attributes"]["sane"]["mAP"]}
+        first = first or run_out
+    _write_json(out / "table2.json", rows)
+    return rows
+
+
+def format_discovery_table(rows: dict[str, dict[str, float]]) -> str:
+    """The seed's Table 2 layout: attribute vocabulary, SANE's insertion ↑ and deletion ↓ (x100)."""
+    lines = [f"{'attribute types':<24}{'insertion ^':>12}{'deletion v':>12}{'test mAP':>10}"]
+    for method, row in rows.items():
+        lines.append(f"{TABLE2_LABELS[method]:<24}{row['insertion']:>12.1f}{row['deletion']:>12.1f}{row['mAP']:>10.3f}")
+    return "\n".join(lines)

@@ -271,3 +271,32 @@ def test_a_data_set_without_attribute_labels_goes_through_the_pipeline_with_disc
     assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY, *discover[:-1], "12"]) == 0
     assert step_lines(capsys.readouterr().out)["train-similarity"] == "skipped"
     assert sorted(p.relative_to(data) for p in (data / "JPEGImages").rglob("*.jpg")) == images
+
+
+@pytest.mark.slow
+def test_the_discovery_table_trains_sane_on_each_vocabulary_with_one_similarity_model_and_cache(tmp_path: Path,
+                                                                                                 capsys):
+    data = write_tiny_awa2(tmp_path / "awa2")
+    out = tmp_path / "table"
+    discover = ["--discover-attributes", "4", "--discover-queries", "8", "--discover-n-masks", "8"]
+    assert main(["discovery-table", "--data", str(data), "--out", str(out), *TINY, *discover]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((out / "table2.json").read_text())
+    assert list(rows) == ["random", "full-frame", "patch", "supervised"]
+    for method, label in (("random", "Random"), ("full-frame", "Full Frame Discovery"), ("patch", "Patch Discovery"),
+                          ("supervised", "Supervised Attributes")):
+        report = json.loads((out / method / "eval_explanations.json").read_text())
+        for key in ("insertion", "deletion"):  # NaN where no pair had an attribute to insert on tiny data
+            assert rows[method][key] == pytest.approx(report["methods"]["SANE"][key], nan_ok=True)
+        assert any(line.startswith(label) for line in printed.splitlines())
+    assert open_dataset(out / "patch" / "discovered", split="all").attributes[0] == "discovered_00"
+    assert load_attributes(out / "supervised" / "attributes_sane.pt")[0].attributes == open_dataset(data).attributes
+    for method in ("full-frame", "patch", "supervised"):  # the first run's model and cache, not new ones
+        state = json.loads((out / method / STATE_FILE).read_text())["steps"]
+        assert state["cache-saliency"]["settings"]["shared_cache"] == str((out / "random" / "saliency_cache").resolve())
+        assert not (out / method / "saliency_cache").exists() and not (out / method / "similarity.pt").exists()
+    assert (out / "random" / "saliency_cache").is_dir()
+    assert main(["discovery-table", "--data", str(data), "--out", str(out), "--methods", "patch,kmeans"]) == 2
+    assert "kmeans" in capsys.readouterr().err
+    assert main(["discovery-table", "--out", str(out)]) == 2  # neither --data nor --benchmark
+    assert "--benchmark" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """The research subcommands of `sane`: data synth / example-pair, train-similarity, eval-similarity,
-eval-saliency, cache-saliency, discover-attributes, name-attributes, train-attributes, calibrate-attributes, estimate-prior, tune-ranker,
+eval-saliency, cache-saliency, discover-attributes, name-attributes, discovery-table, train-attributes, calibrate-attributes, estimate-prior, tune-ranker,
 eval-attributes, eval-explanations, and `pipeline`, which runs the training and evaluation steps in order.
 
 Registered by ``add_research_commands(sub)`` in :func:`sane.cli.command.build_parser`. Every ``--data`` of
@@ -237,19 +237,49 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
     """Every step from a data directory to the evaluation reports, resumable, under --out."""
+    from sane.pipeline import run_pipeline
+
+    options = _pipeline_options(args)
+    result = run_pipeline(args.data, args.out, options, progress=not args.quiet, command=command_line())
+    ran = [name for name, status in result["steps"].items() if status == "ran"]
+    print(f"pipeline finished in {result['out']}: ran {', '.join(ran) or 'nothing (all steps were done)'}")
+    return 0
+
+
+def _pipeline_options(args: argparse.Namespace):
+    """PipelineOptions from the parsed pipeline options (the user's own similarity model included)."""
     from dataclasses import fields
 
     from sane.cli.model_args import declarations, factory_kwargs
-    from sane.pipeline import PipelineOptions, run_pipeline
+    from sane.pipeline import PipelineOptions
 
     own = {"similarity_model": args.similarity, "similarity_weights": args.weights,
            "similarity_declarations": {**declarations(args), **({"factory_kwargs": factory_kwargs(args)}
                                                                 if args.model_kwargs else {})}}
-    options = PipelineOptions(**{f.name: getattr(args, f.name) for f in fields(PipelineOptions) if f.name not in own},
-                              **own)
-    result = run_pipeline(args.data, args.out, options, progress=not args.quiet, command=command_line())
-    ran = [name for name, status in result["steps"].items() if status == "ran"]
-    print(f"pipeline finished in {result['out']}: ran {', '.join(ran) or 'nothing (all steps were done)'}")
+    return PipelineOptions(**{f.name: getattr(args, f.name) for f in fields(PipelineOptions)
+                              if f.name not in own and hasattr(args, f.name)}, **own)
+
+
+def _cmd_discovery_table(args: argparse.Namespace) -> int:
+    """One pipeline per attribute vocabulary, then the seed's Table 2 from their evaluations."""
+    from dataclasses import replace
+
+    from sane.models import default_weights_path
+    from sane.pipeline import format_discovery_table, run_discovery_table
+
+    if (args.data is None) == (args.benchmark is None):
+        raise ValueError("give --benchmark (a bundled benchmark) or --data (your data set), one of them")
+    options = _pipeline_options(args)
+    data = args.data
+    if args.benchmark is not None:
+        data = ensure_data(BENCHMARK_DATA[args.benchmark][0])
+        if options.similarity_model is None:
+            options = replace(options, similarity_model=str(default_weights_path(args.benchmark)))
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    rows = run_discovery_table(data, args.out, options, methods, progress=not args.quiet, command=command_line())
+    print(f"\nTable 2 on {data} (SANE's attribute insertion/deletion x100, seed {args.seed}; "
+          f"{args.out}/table2.json):")
+    print(format_discovery_table(rows))
     return 0
 
 
@@ -310,6 +340,55 @@ def _cmd_eval_saliency(args: argparse.Namespace) -> int:
     print(format_saliency_table(table))
     write_report(args.out, table)
     return 0
+
+
+def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    """The pipeline's options (also `discovery-table`'s, which runs one pipeline per vocabulary)."""
+    add_model_options(parser, "--similarity", "trained by the pipeline's first step; give yours to explain it instead")
+    parser.add_argument("--out", required=True, help="folder for every artifact and pipeline.json (a rerun resumes it)")
+    group = parser.add_argument_group("similarity model")
+    group.add_argument("--arch", default="compact", choices=["compact", "resnet18", "resnet50"])
+    group.add_argument("--dim", type=int, default=64)
+    group.add_argument("--image-size", type=int, default=112, help="input side of the similarity and attribute models")
+    group.add_argument("--epochs", type=int, default=15, help="similarity training epochs")
+    group.add_argument("--classes-per-batch", type=int, default=8)
+    group.add_argument("--per-class", type=int, default=4)
+    group = parser.add_argument_group("attribute discovery (for data without attribute labels)")
+    group.add_argument("--discover", default=None, choices=["patch", "full-frame", "random"],
+                       help="discover the attributes first (sane discover-attributes) and learn those")
+    group.add_argument("--discover-attributes", type=int, default=20, help="attributes to discover")
+    group.add_argument("--discover-queries", type=int, default=None, help="images used as discovery queries "
+                       "(default: all)")
+    group.add_argument("--discover-n-masks", type=int, default=500, help="RISE masks per discovery query")
+    group = parser.add_argument_group("saliency cache")
+    group.add_argument("--n-masks", type=int, default=2000, help="RISE masks per cached map")
+    group.add_argument("--refs", type=int, default=5, help="same-class references per training image, at most")
+    group.add_argument("--map-size", type=int, default=28, help="side of the stored maps")
+    group.add_argument("--cache-limit", type=int, default=None, help="cache only this many images")
+    group = parser.add_argument_group("attribute models")
+    group.add_argument("--attribute-arch", default="compact", choices=["compact", "resnet50"])
+    group.add_argument("--attribute-epochs", type=int, default=300)
+    group.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better mAP")
+    group.add_argument("--attribute-batch-size", type=int, default=64)
+    group.add_argument("--lam", type=float, default=5e-3, help="weight of the saliency loss (SANE)")
+    group.add_argument("--limit", type=int, default=None, help="train the attribute models on this many images only")
+    group.add_argument("--calibration", default="f1", choices=["f1", "median"])
+    group = parser.add_argument_group("prior and evaluation")
+    group.add_argument("--prior-by", default="auto", choices=["auto", "deletion", "counterfactual"],
+                       help="auto: exact counterfactuals when the data has scenes (synthetic), else attribute deletion")
+    group.add_argument("--prior-pairs", type=int, default=200)
+    group.add_argument("--tune-pairs", type=int, default=200, help="validation pairs choosing the ranker's w and gamma")
+    group.add_argument("--eval-split", default="test", choices=["train", "test", "all"])
+    group.add_argument("--eval-limit", type=int, default=None, help="eval-attributes on a random subset of this size")
+    group.add_argument("--eval-pairs", type=int, default=40, help="same-class pairs explained by eval-explanations")
+    group.add_argument("--eval-n-masks", type=int, default=DEFAULT_QUERY_MASKS, help="RISE masks per query map in eval-explanations")
+    group.add_argument("--k", type=int, default=5, help="images retrieved per attribute insertion/deletion")
+    group.add_argument("--draws", type=int, default=3, help="counterfactual: random new positions averaged (synthetic data)")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=250, help="forward batches of RISE and the evaluations")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (the per-step lines stay)")
 
 
 def add_research_commands(sub: argparse._SubParsersAction) -> None:
@@ -520,49 +599,18 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
                     "layout), every artifact under --out. A rerun skips finished steps and resumes an interrupted one.",
     )
     pipe.add_argument("--data", required=True, help=DATA_HELP + ", a labels.csv, or a folder per class")
-    add_model_options(pipe, "--similarity", "trained by the pipeline's first step; give yours to explain it instead")
-    pipe.add_argument("--out", required=True, help="folder for every artifact and pipeline.json (a rerun resumes it)")
-    group = pipe.add_argument_group("similarity model")
-    group.add_argument("--arch", default="compact", choices=["compact", "resnet18", "resnet50"])
-    group.add_argument("--dim", type=int, default=64)
-    group.add_argument("--image-size", type=int, default=112, help="input side of the similarity and attribute models")
-    group.add_argument("--epochs", type=int, default=15, help="similarity training epochs")
-    group.add_argument("--classes-per-batch", type=int, default=8)
-    group.add_argument("--per-class", type=int, default=4)
-    group = pipe.add_argument_group("attribute discovery (for data without attribute labels)")
-    group.add_argument("--discover", default=None, choices=["patch", "full-frame", "random"],
-                       help="discover the attributes first (sane discover-attributes) and learn those")
-    group.add_argument("--discover-attributes", type=int, default=20, help="attributes to discover")
-    group.add_argument("--discover-queries", type=int, default=None, help="images used as discovery queries "
-                       "(default: all)")
-    group.add_argument("--discover-n-masks", type=int, default=500, help="RISE masks per discovery query")
-    group = pipe.add_argument_group("saliency cache")
-    group.add_argument("--n-masks", type=int, default=2000, help="RISE masks per cached map")
-    group.add_argument("--refs", type=int, default=5, help="same-class references per training image, at most")
-    group.add_argument("--map-size", type=int, default=28, help="side of the stored maps")
-    group.add_argument("--cache-limit", type=int, default=None, help="cache only this many images")
-    group = pipe.add_argument_group("attribute models")
-    group.add_argument("--attribute-arch", default="compact", choices=["compact", "resnet50"])
-    group.add_argument("--attribute-epochs", type=int, default=300)
-    group.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better mAP")
-    group.add_argument("--attribute-batch-size", type=int, default=64)
-    group.add_argument("--lam", type=float, default=5e-3, help="weight of the saliency loss (SANE)")
-    group.add_argument("--limit", type=int, default=None, help="train the attribute models on this many images only")
-    group.add_argument("--calibration", default="f1", choices=["f1", "median"])
-    group = pipe.add_argument_group("prior and evaluation")
-    group.add_argument("--prior-by", default="auto", choices=["auto", "deletion", "counterfactual"],
-                       help="auto: exact counterfactuals when the data has scenes (synthetic), else attribute deletion")
-    group.add_argument("--prior-pairs", type=int, default=200)
-    group.add_argument("--tune-pairs", type=int, default=200, help="validation pairs choosing the ranker's w and gamma")
-    group.add_argument("--eval-split", default="test", choices=["train", "test", "all"])
-    group.add_argument("--eval-limit", type=int, default=None, help="eval-attributes on a random subset of this size")
-    group.add_argument("--eval-pairs", type=int, default=40, help="same-class pairs explained by eval-explanations")
-    group.add_argument("--eval-n-masks", type=int, default=DEFAULT_QUERY_MASKS, help="RISE masks per query map in eval-explanations")
-    group.add_argument("--k", type=int, default=5, help="images retrieved per attribute insertion/deletion")
-    group.add_argument("--draws", type=int, default=3, help="counterfactual: random new positions averaged (synthetic data)")
-    pipe.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION)
-    pipe.add_argument("--seed", type=int, default=0)
-    pipe.add_argument("--batch-size", type=int, default=250, help="forward batches of RISE and the evaluations")
-    pipe.add_argument("--device", default="cpu")
-    pipe.add_argument("--quiet", action="store_true", help="no progress bars (the per-step lines stay)")
+    add_pipeline_options(pipe)
     pipe.set_defaults(func=_cmd_pipeline)
+
+    table = sub.add_parser(
+        "discovery-table",
+        help="the seed's Table 2: SANE trained on random, full-frame and patch-discovered attributes and on the "
+             "supervised ones, attribute insertion/deletion of each (one pipeline per vocabulary)",
+    )
+    table.add_argument("--benchmark", default=None, choices=sorted(BENCHMARK_DATA),
+                       help="a bundled benchmark: its data set and its bundled similarity model")
+    table.add_argument("--data", default=None, help=DATA_HELP + " (AwA2 layout; or --benchmark)")
+    table.add_argument("--methods", default="random,full-frame,patch,supervised",
+                       help="comma-separated, among random, full-frame, patch, supervised")
+    add_pipeline_options(table)
+    table.set_defaults(func=_cmd_discovery_table)
