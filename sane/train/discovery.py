@@ -180,9 +180,14 @@ def patch_box(row: int, col: int, patch: int, side: int) -> tuple[int, int, int,
     return left, top, left + patch, top + patch
 
 
-def _settings_key(settings: DiscoverySettings, n_images: int) -> str:
+def _settings_key(settings: DiscoverySettings, images: torch.Tensor, model: nn.Module) -> str:
+    """What a cached chunk depends on: the patch settings, the images and the model (not the number of
+    attributes, which only the clustering uses)."""
+    from sane.train.saliency_cache import model_fingerprint
+
     relevant = {k: v for k, v in asdict(settings).items() if k not in ("method", "n_attributes")}
-    return hashlib.sha256(json.dumps({**relevant, "images": n_images}, sort_keys=True).encode()).hexdigest()[:16]
+    key = {**relevant, "images": len(images), "pixels": float(images.double().sum()), "model": model_fingerprint(model)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def salient_patches(
@@ -204,7 +209,7 @@ def salient_patches(
     sims = generator.embedder.embedding.matrix(emb, emb)
     sims.fill_diagonal_(float("-inf"))
     order = np.random.default_rng(settings.seed).permutation(n)[: settings.queries or n]
-    cache = Path(cache_dir) / f"patches-{_settings_key(settings, n)}" if cache_dir is not None else None
+    cache = Path(cache_dir) / f"patches-{_settings_key(settings, images, model)}" if cache_dir is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     parts = []

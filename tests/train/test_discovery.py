@@ -13,7 +13,7 @@ from PIL import Image
 from sane.cli import main as sane_main
 from sane.data import AttributeDataset, open_dataset, write_dataset
 from sane.evaluation.discovery import purity, recovery
-from sane.models import load_similarity
+from sane.models import build_embedding, load_similarity
 from sane.saliency import RISE
 from sane.train.discovery import (
     DiscoverySettings,
@@ -47,6 +47,12 @@ def patch_run(model_and_data, tmp_path_factory):
     model, dataset = model_and_data
     cache = tmp_path_factory.mktemp("discovery-cache")
     return discover(model, dataset, DiscoverySettings(method="patch", **SMALL), cache_dir=cache, progress=False), cache
+
+
+def untrained_similarity_112():
+    """Another model than the default: discovery must not reuse the default's cached patches."""
+    torch.manual_seed(1)
+    return build_embedding("compact", dim=8).eval()
 
 
 def test_neighbours_kept_are_the_most_similar_with_a_peak_in_the_most_common_cell():
@@ -110,6 +116,10 @@ def test_an_interrupted_patch_run_resumes_from_its_cache(model_and_data, patch_r
     again = discover(model, dataset, DiscoverySettings(method="patch", **SMALL), cache_dir=cache, progress=False)
     np.testing.assert_array_equal(again.unit_cluster, found.unit_cluster)
     np.testing.assert_array_equal(again.image_attributes, found.image_attributes)
+    # another model (or other settings) never reads these chunks: it would explain with the other model
+    with pytest.raises(AssertionError, match="recomputed"):
+        discover(untrained_similarity_112(), dataset, DiscoverySettings(method="patch", **SMALL), cache_dir=cache,
+                 progress=False)
 
 
 def test_full_frame_gives_each_image_its_cluster_and_beats_random_on_the_class(model_and_data):
