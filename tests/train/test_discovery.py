@@ -168,3 +168,15 @@ def test_bad_settings_are_refused_with_the_option_named():
                       ({"n_attributes": 1}, "n_attributes"), ({"patch": 0}, "patch")):
         with pytest.raises(ValueError, match=word):
             DiscoverySettings(**bad).validate()
+
+
+def test_the_command_writes_the_vocabulary_and_reports_recovery_on_synthetic_data(shapes112, tmp_path, capsys):
+    out = tmp_path / "vocab"
+    assert sane_main(["discover-attributes", "--data", shapes112, "--out", str(out), "--method", "full-frame",
+                      "--n-attributes", "6", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "full-frame discovery: 6 attributes over 126 images; 126 of 126 images have one" in printed
+    assert "recovery of the true factors" in printed and "colour*" not in printed  # no class factors marked here
+    assert len(AttributeDataset(out, split="all").attributes) == 6
+    assert sane_main(["discover-attributes", "--data", shapes112, "--out", str(out), "--keep", "20"]) == 2
+    assert "keep (20) cannot exceed neighbours (10)" in capsys.readouterr().err
