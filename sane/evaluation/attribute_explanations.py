@@ -316,6 +316,8 @@ def evaluate_explanations(
     with_counterfactual = scenes is not None and all(s is not None for s in scenes)
     if scenes is not None and not with_counterfactual:
         raise ValueError(f"{data_dir} has no scene for every {split} image: the counterfactual needs the synthetic data")
+    # a vocabulary discovered over the synthetic images names no factor: insertion/deletion only
+    with_counterfactual = with_counterfactual and all(a in ATTRIBUTE_FACTORS for a in split_data.attributes)
     n = len(dataset)
     embedder = Embedder(similarity_model, batch_size)
     rise = RISE(similarity_model, n_masks=n_masks, batch_size=batch_size, seed=seed, fuse=True, channels_last=True)

@@ -107,8 +107,8 @@ def estimate_prior(
 ) -> tuple[dict[str, float], str]:
     """(prior, the measure used): what `sane estimate-prior` computes, from checkpoint paths.
 
-    ``by`` is ``deletion``, ``counterfactual`` (needs scenes) or ``auto`` (counterfactual when the data
-    has scenes, else deletion). ``similarity``, ``sane`` and ``classifier`` default to the bundled models.
+    ``by`` is ``deletion``, ``counterfactual`` (needs scenes and the synthetic attributes) or ``auto``
+    (counterfactual when the data has both, else deletion). ``similarity``, ``sane`` and ``classifier`` default to the bundled models.
     """
     from sane.data import open_dataset
     from sane.models import load_similarity
@@ -119,12 +119,19 @@ def estimate_prior(
     model, preprocess = load_similarity(similarity, device)
     dataset = open_dataset(data_dir, split="train", preprocess=preprocess).require_attributes()
     has_scenes = dataset.scenes is not None and all(s is not None for s in dataset.scenes)
+    # The counterfactual credits factors, so it needs attributes that name one (the synthetic set's own;
+    # not a vocabulary discovered over its images)
+    factored = all(a in ATTRIBUTE_FACTORS for a in dataset.attributes)
     if by == "auto":
-        by = "counterfactual" if has_scenes else "deletion"
+        by = "counterfactual" if has_scenes and factored else "deletion"
     if by == "counterfactual":
         if not has_scenes:
             raise ValueError(f"{data_dir} has no scenes.jsonl: the counterfactual prior needs synthetic data "
                              "(use the deletion measure on real data)")
+        if not factored:
+            unknown = [a for a in dataset.attributes if a not in ATTRIBUTE_FACTORS][:5]
+            raise ValueError(f"the counterfactual prior credits the synthetic factors, and {data_dir}'s attributes "
+                             f"({', '.join(unknown)}, ...) are not theirs: use the deletion measure")
         held_out = np.flatnonzero(validation_split(dataset.targets, val_fraction, seed))
         prior = estimate_prior_counterfactual(model, preprocess, [dataset.scenes[i] for i in held_out],
                                               n_pairs=n_pairs, seed=seed, batch_size=batch_size,

@@ -110,7 +110,9 @@ def validation_terms(
         raise ValueError(f"no held-out images in the training split of {data_dir} (val_fraction {val_fraction})")
     pairs = same_class_index_pairs(sim_data.targets, n_pairs, rng, queries_from=held_out)
     scenes = sim_data.scenes
-    synthetic = scenes is not None and all(s is not None for s in scenes)
+    # the counterfactual utility needs the synthetic attributes (a discovered vocabulary names no factor)
+    synthetic = (scenes is not None and all(s is not None for s in scenes)
+                 and all(a in ATTRIBUTE_FACTORS for a in sim_data.attributes))
     space = None
     if synthetic:  # only the pairs' images are needed
         needed = sorted({i for pair in pairs for i in pair})

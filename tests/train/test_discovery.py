@@ -180,3 +180,15 @@ def test_the_command_writes_the_vocabulary_and_reports_recovery_on_synthetic_dat
     assert len(AttributeDataset(out, split="all").attributes) == 6
     assert sane_main(["discover-attributes", "--data", shapes112, "--out", str(out), "--keep", "20"]) == 2
     assert "keep (20) cannot exceed neighbours (10)" in capsys.readouterr().err
+
+
+def test_a_discovered_vocabulary_over_synthetic_images_gets_no_counterfactual_prior(model_and_data, patch_run,
+                                                                                   tmp_path):
+    """The counterfactual credits the synthetic factors; discovered attributes name none (auto: deletion)."""
+    from sane.evaluation.prior import estimate_prior
+
+    model, dataset = model_and_data
+    found, _ = patch_run
+    out = write_vocabulary(dataset, found, tmp_path / "vocab")
+    with pytest.raises(ValueError, match="use the deletion measure"):
+        estimate_prior(out, by="counterfactual")
