@@ -22,7 +22,6 @@ of the script itself, for machines without a GPU: the device checks then say not
 from __future__ import annotations
 
 import argparse
-import base64
 import multiprocessing as mp
 import queue
 import re
@@ -260,7 +259,7 @@ def served(args, gpus: int, cpu_map: np.ndarray) -> None:
     q, r = (ROOT / "examples" / "query.jpg").read_bytes(), (ROOT / "examples" / "reference.jpg").read_bytes()
     options = {"method": "rise", "n_masks": args.n_masks, "seed": 0, "outputs": ["npy"]}
     run = _served_torchserve if mode == "torchserve" else _served_processes
-    devices, answers, seconds = run(profile, workers, [payload("json", q, r, options)] * args.requests)
+    devices, answers, seconds = run(profile, workers, q, r, options, args.requests)
     counts = {d: devices.count(d) for d in sorted(set(devices))}
     expected = {"cpu": workers} if args.cpu else {f"cuda:{i}": args.workers_per_gpu for i in range(gpus)}
     check("workers spread over the GPUs", counts == expected, f"workers per device {counts}, expected {expected}")
@@ -273,10 +272,9 @@ def served(args, gpus: int, cpu_map: np.ndarray) -> None:
           f"{workers} workers)")
 
 
-def _served_torchserve(profile: dict, workers: int, payloads: list[dict]) -> tuple[list[str], list, float]:
+def _served_torchserve(profile: dict, workers: int, q: bytes, r: bytes, options: dict, n_requests: int
+                       ) -> tuple[list[str], list, float]:
     """(each worker's device, the answers, seconds for all of them) through a real TorchServe."""
-    body = payloads[0]["body"]
-    q, r = (base64.b64decode(body[k]) for k in ("query", "reference"))
     with tempfile.TemporaryDirectory(prefix="sane-gpu-check-") as tmp, \
             temporary_server(tmp, ["saliency"], ROOT / "config.properties", profile, timeout=400) as server:
         deadline = time.time() + 120  # READY means one worker is up; the others may still be loading
@@ -288,10 +286,10 @@ def _served_torchserve(profile: dict, workers: int, payloads: list[dict]) -> tup
                 break
             time.sleep(2)
         client = HttpClient(server.inference_url, timeout=600)
-        client.request("saliency", q, r, body["options"])  # warm-up
+        client.request("saliency", q, r, options)  # warm-up
         t = time.perf_counter()
-        with ThreadPoolExecutor(min(len(payloads), 2 * workers)) as pool:
-            answers = list(pool.map(lambda _: client.request("saliency", q, r, body["options"]), payloads))
+        with ThreadPoolExecutor(min(n_requests, 2 * workers)) as pool:
+            answers = list(pool.map(lambda _: client.request("saliency", q, r, options), range(n_requests)))
         return devices, answers, time.perf_counter() - t
 
 
@@ -317,7 +315,8 @@ def _worker(gpu_id: int | None, config: dict, requests, results) -> None:
             results.put(("answer", rid, answer))
 
 
-def _served_processes(profile: dict, workers: int, payloads: list[dict]) -> tuple[list[str], list, float]:
+def _served_processes(profile: dict, workers: int, q: bytes, r: bytes, options: dict, n_requests: int
+                       ) -> tuple[list[str], list, float]:
     """(each worker's device, the answers, seconds for all of them) from handler worker processes fed
     from one queue, as TorchServe's frontend feeds its workers."""
     ctx = mp.get_context("spawn")  # CUDA cannot be re-initialised in a forked child
@@ -336,9 +335,10 @@ def _served_processes(profile: dict, workers: int, payloads: list[dict]) -> tupl
             answers = dict(results.get(timeout=600)[1:] for _ in batch)
             return [answers[i] for i in range(len(batch))]
 
-        serve(payloads[:1] * (2 * workers))  # warm-up: every worker's first batches
+        one = payload("json", q, r, options)
+        serve([one] * (2 * workers))  # warm-up: every worker's first batches
         t = time.perf_counter()
-        answers = serve(payloads)
+        answers = serve([one] * n_requests)
         return devices, answers, time.perf_counter() - t
     finally:
         for _ in procs:

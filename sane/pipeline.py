@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sane.explain.map_match import DEFAULT_QUERY_MASKS
+from sane.train.discovery import DEFAULTS as DISCOVERY
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 STATE_FILE = "pipeline.json"
@@ -82,9 +83,9 @@ class PipelineOptions:
     # Attribute discovery before the attribute steps (patch | full-frame | random; None: the data's own
     # labels): the attribute models then learn the discovered vocabulary written to out/discovered.
     discover: str | None = None
-    discover_attributes: int = 20
-    discover_queries: int | None = None
-    discover_n_masks: int = 500
+    discover_attributes: int = DISCOVERY.n_attributes
+    discover_queries: int | None = DISCOVERY.queries
+    discover_n_masks: int = DISCOVERY.n_masks
     # An existing saliency cache to use (and extend) instead of out/saliency_cache, never removed by a
     # rerun: what `sane discovery-table` shares between its pipelines (the maps do not depend on labels).
     shared_cache: str | None = None
@@ -103,9 +104,7 @@ class Step:
 def _remove(path: Path) -> None:
     """Delete a step's output (file, directory, or a checkpoint's ``.state`` beside it)."""
     for p in (path, path.with_name(path.name + ".state")):
-        if p.is_symlink():  # a shared output (e.g. a saliency cache linked in): the link goes, not its target
-            p.unlink()
-        elif p.is_dir():
+        if p.is_dir():
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()

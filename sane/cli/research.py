@@ -1,6 +1,7 @@
 """The research subcommands of `sane`: data synth / example-pair, train-similarity, eval-similarity,
-eval-saliency, cache-saliency, discover-attributes, name-attributes, discovery-table, train-attributes, calibrate-attributes, estimate-prior, tune-ranker,
-eval-attributes, eval-explanations, and `pipeline`, which runs the training and evaluation steps in order.
+eval-saliency, cache-saliency, discover-attributes, name-attributes, train-attributes, calibrate-attributes,
+estimate-prior, tune-ranker, eval-attributes, eval-explanations, `pipeline`, which runs the training and
+evaluation steps in order, and `discovery-table`, one pipeline per attribute vocabulary.
 
 Registered by ``add_research_commands(sub)`` in :func:`sane.cli.command.build_parser`. Every ``--data`` of
 the attribute commands takes either layout, AwA2 or Polyvore Outfits (:func:`sane.data.open_dataset`).
@@ -18,6 +19,8 @@ from sane.cli.model_args import add_model_options, add_run_options, load_from_ar
 from sane.data.benchmarks import BENCHMARK_DATA, DEFAULT_DATA, ensure_data
 from sane.explain.map_match import DEFAULT_QUERY_MASKS, DEFAULT_TAU
 from sane.saliency import GENERATORS
+from sane.train.discovery import DEFAULTS as DISCOVERY
+from sane.train.discovery import METHODS as DISCOVERY_METHODS
 from sane.train.validation_split import DEFAULT_VAL_FRACTION
 
 # Forward batch of the evaluation commands (eval-explanations/eval-attributes, estimate-prior,
@@ -354,12 +357,12 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--classes-per-batch", type=int, default=8)
     group.add_argument("--per-class", type=int, default=4)
     group = parser.add_argument_group("attribute discovery (for data without attribute labels)")
-    group.add_argument("--discover", default=None, choices=["patch", "full-frame", "random"],
+    group.add_argument("--discover", default=None, choices=DISCOVERY_METHODS,
                        help="discover the attributes first (sane discover-attributes) and learn those")
-    group.add_argument("--discover-attributes", type=int, default=20, help="attributes to discover")
-    group.add_argument("--discover-queries", type=int, default=None, help="images used as discovery queries "
-                       "(default: all)")
-    group.add_argument("--discover-n-masks", type=int, default=500, help="RISE masks per discovery query")
+    group.add_argument("--discover-attributes", type=int, default=DISCOVERY.n_attributes, help="attributes to discover")
+    group.add_argument("--discover-queries", type=int, default=DISCOVERY.queries, help="images used as discovery "
+                       "queries (default: all)")
+    group.add_argument("--discover-n-masks", type=int, default=DISCOVERY.n_masks, help="RISE masks per discovery query")
     group = parser.add_argument_group("saliency cache")
     group.add_argument("--n-masks", type=int, default=2000, help="RISE masks per cached map")
     group.add_argument("--refs", type=int, default=5, help="same-class references per training image, at most")
@@ -472,19 +475,21 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
     disc.add_argument("--data", default=DEFAULT_DATA, help="data directory, AwA2 layout (labels not needed)")
     disc.add_argument("--out", required=True, help="where the discovered vocabulary is written (a data set "
                       "over the same images; a rerun resumes its cache)")
-    disc.add_argument("--method", default="patch", choices=["patch", "full-frame", "random"])
-    disc.add_argument("--n-attributes", type=int, default=20, help="attributes (clusters) to discover")
-    disc.add_argument("--neighbours", type=int, default=10, help="K: nearest neighbours explained per query")
-    disc.add_argument("--keep", type=int, default=5, help="N: neighbours kept per query")
-    disc.add_argument("--grid", type=int, default=7, help="cells per side of the peak grid (seed: 7)")
-    disc.add_argument("--patch", type=int, default=30, help="patch side in model-input pixels (seed: 30)")
-    disc.add_argument("--n-masks", type=int, default=500, help="RISE masks over each query")
-    disc.add_argument("--reference-masks", type=int, default=50, help="RISE masks over each neighbour")
-    disc.add_argument("--queries", type=int, default=None, help="images used as queries (default: all)")
+    disc.add_argument("--method", default=DISCOVERY.method, choices=DISCOVERY_METHODS)
+    disc.add_argument("--n-attributes", type=int, default=DISCOVERY.n_attributes, help="attributes (clusters) to discover")
+    disc.add_argument("--neighbours", type=int, default=DISCOVERY.neighbours,
+                      help="K: nearest neighbours explained per query")
+    disc.add_argument("--keep", type=int, default=DISCOVERY.keep, help="N: neighbours kept per query")
+    disc.add_argument("--grid", type=int, default=DISCOVERY.grid, help="cells per side of the peak grid (seed: 7)")
+    disc.add_argument("--patch", type=int, default=DISCOVERY.patch, help="patch side in model-input pixels (seed: 30)")
+    disc.add_argument("--n-masks", type=int, default=DISCOVERY.n_masks, help="RISE masks over each query")
+    disc.add_argument("--reference-masks", type=int, default=DISCOVERY.n_reference_masks,
+                      help="RISE masks over each neighbour")
+    disc.add_argument("--queries", type=int, default=DISCOVERY.queries, help="images used as queries (default: all)")
     disc.add_argument("--seed", type=int, default=0)
     disc.add_argument("--quiet", action="store_true")
     add_run_options(disc)
-    disc.set_defaults(func=_cmd_discover_attributes, batch_size=250)
+    disc.set_defaults(func=_cmd_discover_attributes, batch_size=DISCOVERY.batch_size)
 
     name = sub.add_parser("name-attributes", help="apply the names edited in DIR/discovered-attributes.json")
     name.add_argument("dir", help="a discover-attributes --out directory")

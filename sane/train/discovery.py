@@ -71,6 +71,9 @@ class DiscoverySettings:
             raise ValueError(f"queries must be >= 1 or None, got {self.queries!r}")
 
 
+DEFAULTS = DiscoverySettings()  # what the commands' options default to
+
+
 @dataclass
 class Discovery:
     """A discovered vocabulary over one data set's images.
@@ -96,11 +99,6 @@ class Discovery:
         members = members[np.argsort(-self.unit_score[members], kind="stable")]
         _, first = np.unique(self.unit_image[members], return_index=True)
         return members[np.sort(first)][:n]
-
-
-def embed_all(model: nn.Module, images: torch.Tensor, batch_size: int = 250, device: str = "cpu") -> torch.Tensor:
-    """Embeddings of a (N, 3, H, W) stack, as the model compares them (normalised where it says so)."""
-    return Embedder(model, batch_size, device=device)(images).cpu()
 
 
 def _cluster(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +138,7 @@ def discover(
         labels = rng.integers(settings.n_attributes, size=n)
         units = (np.arange(n), labels, _whole(n, side), np.zeros(n))
     elif settings.method == "full-frame":
-        emb = embed_all(model, images, settings.batch_size, device).numpy()
+        emb = Embedder(model, settings.batch_size, device=device)(images).cpu().numpy()
         labels, score = _cluster(emb, settings.n_attributes, settings.seed)
         units = (np.arange(n), labels, _whole(n, side), score)
     else:
@@ -203,10 +201,11 @@ def salient_patches(
     n, side = len(images), images.shape[-1]
     if settings.neighbours >= n:
         raise ValueError(f"{settings.neighbours} neighbours asked for among {n} images")
-    emb = embed_all(model, images, settings.batch_size, device)
     generator = RISE(model, n_masks=settings.n_masks, n_reference_masks=settings.n_reference_masks,
                      batch_size=settings.batch_size, seed=settings.seed, device=device)
-    sims = generator.embedder.embedding.matrix(emb, emb)
+    embed = generator.embedder  # the neighbours' and the patches' embeddings, as the maps see them
+    emb = embed(images).cpu()
+    sims = embed.embedding.matrix(emb, emb)
     sims.fill_diagonal_(float("-inf"))
     order = np.random.default_rng(settings.seed).permutation(n)[: settings.queries or n]
     cache = Path(cache_dir) / f"patches-{_settings_key(settings, images, model)}" if cache_dir is not None else None
@@ -233,8 +232,7 @@ def salient_patches(
                 crops.append(F.interpolate(crop[None], size=(side, side), mode="bilinear", align_corners=False)[0])
                 owner.append(image)
                 boxes.append((left, top, right, bottom))
-        feature = embed_all(model, torch.stack(crops), settings.batch_size, device).numpy() if crops else \
-            np.zeros((0, emb.shape[1]), dtype=np.float32)
+        feature = embed(torch.stack(crops)).cpu().numpy() if crops else np.zeros((0, emb.shape[1]), dtype=np.float32)
         part = (np.asarray(owner, dtype=np.int64), np.asarray(boxes, dtype=np.int64).reshape(-1, 4), feature)
         if path is not None:
             tmp = path.with_suffix(".tmp.npz")
@@ -252,8 +250,7 @@ _LINKED = ("JPEGImages", "masks")
 _COPIED = ("classes.txt", "trainclasses.txt", "testclasses.txt", "scenes.jsonl")
 
 
-def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: str | os.PathLike,
-                     names: dict[str, str] | None = None) -> Path:
+def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: str | os.PathLike) -> Path:
     """Write ``out`` as an AwA2-format data set over the same images (linked, not copied) whose
     attributes are the discovered ones: ``predicates.txt`` (the names), ``instance-attributes.txt``
     (each image's 0/1 row), ``predicate-matrix-binary.txt`` (a class has an attribute when at least
@@ -277,10 +274,7 @@ def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: s
     for name in _COPIED:
         if (root / name).exists():
             (out / name).write_bytes((root / name).read_bytes())
-    names = {**{a: a for a in discovery.attributes}, **(names or {})}
-    labels = [names[a] for a in discovery.attributes]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"attribute names must be distinct, got {labels}")
+    labels = discovery.attributes  # their ids, until a person names them (rename_attributes)
     (out / "predicates.txt").write_text("".join(f"{i + 1}\t{name}\n" for i, name in enumerate(labels)))
     rows = discovery.image_attributes
     (out / "instance-attributes.txt").write_text(
@@ -297,7 +291,7 @@ def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: s
         "settings": asdict(discovery.settings),
         "source": str(root.resolve()),
         "attributes": [
-            {"id": a, "name": names[a], "images": int(rows[:, c].sum()),
+            {"id": a, "name": a, "images": int(rows[:, c].sum()),
              "units": int((discovery.unit_cluster == c).sum()), "contact_sheet": f"{SHEET_DIR}/{sheets[c].name}"}
             for c, a in enumerate(discovery.attributes)
         ],
