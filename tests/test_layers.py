@@ -20,7 +20,7 @@ PACKAGE = ROOT / "sane"
 # Each top-level module or package of sane/ and its layer; a new one must be placed here.
 LAYERS = {
     "core": {"errors", "images", "heatmap", "substrate", "models", "saliency", "explain"},
-    "research": {"data", "metrics", "evaluation", "train", "pipeline"},
+    "research": {"data", "metrics", "evaluation", "train", "pipeline", "study"},
     "apps": {"cli", "serving"},
 }
 RANK = {"core": 0, "research": 1, "apps": 2}

@@ -8,6 +8,7 @@ import sys
 from sane.cli.model_args import add_declaration_options, add_run_options, load_from_args, mask_count
 from sane.cli.research import add_research_commands
 from sane.cli.serving import add_serving_commands
+from sane.cli.study import add_study_commands
 from sane.errors import InputError
 from sane.explain.outputs import summary_lines
 from sane.saliency import GENERATORS
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_research_commands(sub)  # data, training, evaluation, pipeline
     add_serving_commands(sub)
+    add_study_commands(sub)  # the human study
     return parser
 
 
