@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo stop test lint install clean haproxy
+.PHONY: demo stop test lint install clean haproxy chromium
 
 $(BIN)/sane: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,12 @@ haproxy:
 	@command -v haproxy >/dev/null || test -x /usr/sbin/haproxy || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q haproxy; } || \
 	  { echo "HAProxy is needed: sudo apt-get install haproxy (Debian/Ubuntu, 2.6 or later)"; exit 1; }
+
+# Chromium and chromedriver (the study page's tests drive a real browser), the same way.
+chromium:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium chromium-driver; } || \
+	  { echo "Chromium is needed by the tests: sudo apt-get install chromium chromium-driver (Debian)"; exit 1; }
 
 # The main job: build the archives, start a gateway of one (`sane deploy up --instances 1`: TorchServe
 # on loopback behind HAProxy, which checks API keys that do not expire), make a key, explain the
@@ -39,7 +45,7 @@ demo: install haproxy
 stop:
 	$(BIN)/sane deploy down
 
-test: install haproxy
+test: install haproxy chromium
 	$(BIN)/ruff check sane tests bench experiments examples handlers clients
 	$(BIN)/pytest -q
 

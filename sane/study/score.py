@@ -198,7 +198,7 @@ def _p(value: float | None) -> str:
 def format_score(result: dict, hardest: int = 5) -> list[str]:
     """The lines `sane study score` prints."""
     lines = [f"study {result['study']}: {result['participants']} participants",
-             f"{'variant':<11} {'people':>6} {'answers':>7} {'accuracy':>8}  {'95% CI':<13} {'CI from':<20} "
+             f"{'variant':<11} {'people':>6} {'answers':>7} {'accuracy':>8}  {'95% CI':<14} {'CI from':<20} "
              f"{'easy':>5} {'hard':>5} {'median s':>8}"]
     for name, s in result["variants"].items():
         if not s["answers"]:
@@ -239,7 +239,7 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 def plot_accuracy(result: dict, path: str | os.PathLike) -> None:
     """A bar chart (PNG) of accuracy per variant with its 95 % interval and the 50 % chance line."""
     names = [v for v, s in result["variants"].items() if s["answers"]]
-    width, height, left, bottom, top = 140 * max(len(names), 1) + 120, 420, 70, 60, 40
+    width, height, left, bottom, top = 140 * max(len(names), 1) + 170, 420, 70, 60, 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=15)
@@ -251,8 +251,6 @@ def plot_accuracy(result: dict, path: str | os.PathLike) -> None:
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         draw.line([(left, y(tick)), (width - 20, y(tick))], fill="#ddd")
         draw.text((left - 45, y(tick) - 8), f"{tick:.2f}", fill="black", font=font)
-    draw.line([(left, y(0.5)), (width - 20, y(0.5))], fill="#b00020", width=2)
-    draw.text((width - 120, y(0.5) - 20), "chance", fill="#b00020", font=font)
     for i, name in enumerate(names):
         s = result["variants"][name]
         x0 = left + 30 + i * 140
@@ -263,6 +261,8 @@ def plot_accuracy(result: dict, path: str | os.PathLike) -> None:
             draw.line([(x0 + 30, y(v)), (x0 + 50, y(v))], fill="black", width=2)
         draw.text((x0, height - bottom + 8), name, fill="black", font=font)
         draw.text((x0, height - bottom + 28), f"{s['accuracy']:.2f} (n={s['participants']})", fill="black", font=font)
+    draw.line([(left, y(0.5)), (width - 80, y(0.5))], fill="#b00020", width=2)  # over the bars
+    draw.text((width - 72, y(0.5) - 8), "chance", fill="#b00020", font=font)
     draw.text((left, 10), f"accuracy per variant, 95% CI ({result['participants']} participants)", fill="black",
               font=font)
     image.save(os.fspath(path))

@@ -205,3 +205,27 @@ def test_custom_metrics_reach_the_prometheus_endpoint(server):
     assert counts == sorted(counts) and counts[-1] >= 3
     count = re.search(r'^SaneRequestSeconds_count\{[^}]*ModelName="saliency"[^}]*\} ([0-9.eE+-]+)$', text, re.MULTILINE)
     assert count and float(count.group(1)) == counts[-1]
+
+
+def test_a_study_built_from_the_server_has_the_librarys_similarities_maps_and_attributes(server, shapes48, tmp_path):
+    """`sane study build --server`: the similarity archive scores candidate triplets, the sane archive explains
+    A for B and C in one request; both equal the library's (which `sane study build` uses without a server)."""
+    from sane.cli.study import ServedSource
+    from sane.data import open_dataset
+    from sane.study import LibrarySource, read_key
+
+    paths = [p for p, _ in open_dataset(shapes48, split="test").samples][:6]
+    served = ServedSource(server.inference_url, None, options={"n_masks": 100, "seed": 3, "top_k": 3})
+    local = LibrarySource(n_masks=100, seed=3, top_k=3, batch_size=64)
+    assert served.similarities(paths[0], paths[1:]) == pytest.approx(local.similarities(paths[0], paths[1:]),
+                                                                     abs=1e-5)
+    for got, want in zip(served.explain(paths[0], paths[1:3]), local.explain(paths[0], paths[1:3])):
+        assert got.similarity == pytest.approx(want.similarity, abs=1e-5)
+        np.testing.assert_allclose(got.query_map, want.query_map, atol=2e-3)  # served maps are float16
+        assert [e["attribute"] for e in got.attributes] == [e["attribute"] for e in want.attributes]
+    out = tmp_path / "study"
+    assert sane_main(["study", "build", "--server", server.inference_url, "--data", shapes48, "--out", str(out),
+                      "--triplets", "2", "--n-masks", "100", "--participants", "4", "--quiet"]) == 0
+    key = read_key(out)
+    assert key["source"]["source"] == "server" and len(key["triplets"]) == 2
+    assert (out / "site" / "images" / "t002_a_for_c.jpg").is_file()
