@@ -192,3 +192,35 @@ def test_a_discovered_vocabulary_over_synthetic_images_gets_no_counterfactual_pr
     out = write_vocabulary(dataset, found, tmp_path / "vocab")
     with pytest.raises(ValueError, match="use the deletion measure"):
         estimate_prior(out, by="counterfactual")
+
+
+def test_the_explaining_factor_check_credits_a_vocabulary_that_names_the_factor(model_and_data):
+    """Item 4's counterfactual check: a vocabulary of the true colours names what explains exactly the pairs
+    that colour explains; random clusters name nothing; the pairs' explaining factors are the model's."""
+    from sane.evaluation.attribute_explanations import same_class_index_pairs
+    from sane.evaluation.discovery import (
+        attribute_factors,
+        explaining_factor_found,
+        explaining_factors,
+        factor_values,
+    )
+    from sane.models.embedder import Embedder
+    from sane.train.discovery import Discovery
+
+    model, dataset = model_and_data
+    values = factor_values(dataset)
+    colours = sorted(set(values["colour"].tolist()))
+    held = (values["colour"][:, None] == np.array(colours)[None]).astype(np.uint8)
+    n = len(dataset)
+    oracle = Discovery(DiscoverySettings(method="full-frame"), colours, held, np.arange(n), held.argmax(1),
+                       np.zeros((n, 4), int), np.zeros(n))
+    assert [(s["factor"], s["value"]) for s in attribute_factors(oracle, values)] == [("colour", c) for c in colours]
+    pairs = same_class_index_pairs(dataset.targets, 40, np.random.default_rng(0))
+    best = explaining_factors(Embedder(model), dataset.preprocess, dataset, pairs)
+    assert sum(b in ("shape", "colour") for b in best) >= 0.8 * len(best)  # the default model matches on its classes
+    report = explaining_factor_found(oracle, dataset, pairs, best)
+    assert report["shared"] == 1.0  # same-class pairs share their colour
+    assert report["found"] == pytest.approx(np.mean([b == "colour" for b in best]))
+    assert report["by_factor"]["colour"]["found"] == 1.0
+    chance = discover(model, dataset, DiscoverySettings(method="random", n_attributes=8), progress=False)
+    assert explaining_factor_found(chance, dataset, pairs, best)["found"] < 0.1
