@@ -94,7 +94,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
                                device=args.device)
     key = build_study(args.out, paths, source, n_triplets=args.triplets, variants=variants, seed=args.seed,
                       easy_fraction=args.easy_fraction, participants=args.participants, display=args.display_size,
-                      progress=not args.quiet)
+                      title=args.title, progress=not args.quiet)
     out = Path(args.out)
     tiers = {name: sum(t["tier"] == name for t in key["triplets"]) for name in ("easy", "hard", "middle")}
     print(f"study {key['study']}: {len(key['triplets'])} triplets ({', '.join(f'{v} {k}' for k, v in tiers.items() if v)})"
@@ -146,7 +146,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def add_study_commands(sub: argparse._SubParsersAction) -> None:
     """Add `sane study build | simulate | score` to `sane`'s subparsers."""
     from sane.data.benchmarks import DEFAULT_DATA
-    from sane.study.build import DEFAULT_PARTICIPANTS, DISPLAY_SIDE, VARIANTS
+    from sane.study.build import DEFAULT_PARTICIPANTS, DISPLAY_SIDE, TITLE, VARIANTS
 
     study = sub.add_parser("study", help="a human study: do explanations help people predict the model? "
                                          "(build the quiz page, simulate, score)").add_subparsers(
@@ -167,6 +167,7 @@ def add_study_commands(sub: argparse._SubParsersAction) -> None:
                        help="participant numbers to assign variants to (block-randomised)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--display-size", type=int, default=DISPLAY_SIDE, help="pixels per image on the page")
+    build.add_argument("--title", default=TITLE, help="the page's title")
     build.add_argument("--n-masks", type=int, default=2000, help="RISE masks per explanation")
     build.add_argument("--top-k", type=int, default=3, help="attributes shown per pair")
     build.add_argument("--server", default=None, metavar="URL",

@@ -35,16 +35,10 @@ from sane.study.explanations import PairExplanation
 from sane.study.triplets import Triplet, sample_triplets
 
 VARIANTS = ("none", "saliency", "attributes", "both")
-# What each variant shows beside the three images (README *A human study*).
-SHOWS = {
-    "none": "the three images only",
-    "saliency": "A's saliency map for B and for C (where in A the model looks when matching it to each)",
-    "attributes": "A's top attributes for B and for C (the named attributes that best explain each match)",
-    "both": "the saliency maps and the attributes",
-}
 PAGE_FILES = ("index.html", "quiz.js", "study.css")
 DISPLAY_SIDE = 320  # pixels on the long side of each image on the page (about a third of a laptop screen's width)
 DEFAULT_PARTICIPANTS = 48
+TITLE = "Which image did the model match?"
 
 
 def parse_variants(text: str | list[str]) -> list[str]:
@@ -73,9 +67,10 @@ def _display(image: Image.Image, side: int) -> Image.Image:
     return shown
 
 
-def _question(triplet: Triplet, paths: list[str], explained: list[PairExplanation], source, images: Path,
+def _question(triplet: Triplet, paths: list[str], explained: list[PairExplanation] | None, source, images: Path,
               side: int, attributes: bool) -> dict:
-    """The page's view of one triplet: image files, overlays, attribute names (no similarities)."""
+    """The page's view of one triplet: image files, overlays and attribute names (without ``explained``:
+    the images alone); never the similarities."""
     name = triplet.id
     shown = {role: source.image(paths[index]) for role, index in (("a", triplet.anchor), ("b", triplet.b),
                                                                  ("c", triplet.c))}
@@ -83,6 +78,8 @@ def _question(triplet: Triplet, paths: list[str], explained: list[PairExplanatio
     for role, image in shown.items():
         _display(image, side).save(images / f"{name}_{role}.jpg", quality=92)
         question[role] = f"images/{name}_{role}.jpg"
+    if explained is None:
+        return question
     anchor = _display(shown["a"], side)
     question["saliency"] = {}
     for role, explanation in zip("bc", explained):
@@ -104,7 +101,7 @@ def build_study(
     easy_fraction: float = 0.5,
     participants: int = DEFAULT_PARTICIPANTS,
     display: int = DISPLAY_SIDE,
-    title: str = "Which image did the model match?",
+    title: str = TITLE,
     progress: bool = True,
 ) -> dict:
     """Write a study over the images ``paths`` with similarities and explanations from ``source``
@@ -130,23 +127,16 @@ def build_study(
     images.mkdir(parents=True, exist_ok=True)
     questions = []
     for triplet in tqdm([practice, *triplets], desc="explaining triplets", disable=not progress):
-        refs = [paths[triplet.b], paths[triplet.c]]
-        if needs_maps:
-            explained = source.explain(paths[triplet.anchor], refs)
-        else:  # the "none" variant alone: images only
-            explained = [PairExplanation(s, np.zeros((1, 1), np.float32))
-                         for s in source.similarities(paths[triplet.anchor], refs)]
+        # A study of the "none" variant alone shows the images only: nothing to explain.
+        explained = source.explain(paths[triplet.anchor], [paths[triplet.b], paths[triplet.c]]) if needs_maps else None
         questions.append(_question(triplet, paths, explained, source, images, display, attributes))
     practice_question, questions = questions[0], questions[1:]
     practice_question["answer"] = practice.answer  # the practice question shows the right answer afterwards
-    if not needs_maps:
-        for question in [practice_question, *questions]:
-            question.pop("saliency")
     key_triplets = [t.to_dict() | {"images": [paths[t.anchor], paths[t.b], paths[t.c]]} for t in triplets]
     study_id = hashlib.sha256(json.dumps([key_triplets, variants, seed]).encode()).hexdigest()[:12]
     assignment = assign_variants(variants, participants, seed)
     page = {"id": study_id, "title": title, "variants": variants, "assignment": assignment,
-            "shows": {v: SHOWS[v] for v in variants}, "practice": practice_question, "questions": questions}
+            "practice": practice_question, "questions": questions}
     (site / "study.js").write_text("// The questions of one study, written by `sane study build` (no answers here).\n"
                                    f"window.SANE_STUDY = {json.dumps(page, indent=1)};\n")
     for name in PAGE_FILES:

@@ -230,3 +230,14 @@ def test_sane_study_commands_build_simulate_and_score(shapes48, tmp_path, capsys
         assert (out / "score" / name).is_file()
     assert sane_main(["study", "build", "--out", str(tmp_path / "x"), "--variants", "none,colour"]) == 2
     assert "variants" in capsys.readouterr().err
+
+
+def test_a_study_of_the_images_alone_explains_nothing(shapes48, tmp_path):
+    source = LibrarySource(attributes=False, n_masks=10)
+    source.explain = None  # calling it would fail: a "none"-only study needs similarities alone
+    paths = [p for p, _ in open_dataset(shapes48, split="test").samples]
+    key = build_study(tmp_path, paths, source, n_triplets=3, variants="none", participants=2, progress=False)
+    page = json.loads((tmp_path / "site" / "study.js").read_text().split("=", 1)[1].rstrip().rstrip(";"))
+    assert key["assignment"] == ["none", "none"]
+    assert all("saliency" not in q and "attributes" not in q for q in page["questions"])
+    assert not list((tmp_path / "site" / "images").glob("*_for_*"))
