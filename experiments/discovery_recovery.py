@@ -68,7 +68,7 @@ def main() -> None:
     best = explaining_factors(Embedder(model), preprocess, dataset, pairs, seed=args.seed)
     print(f"\n{len(pairs)} same-class pairs; found = share whose query and reference share an attribute standing "
           f"for the factor that explains their match (exact counterfactual), at the query's value; shared = share "
-          f"sharing any attribute; then found per explaining factor (pairs)")
+          f"sharing any attribute; found|shared = found among those; then found per explaining factor (pairs)")
     print(format_found({m: explaining_factor_found(found[m], dataset, pairs, best) for m in METHODS}))
 
 

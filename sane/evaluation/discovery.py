@@ -104,7 +104,8 @@ def explaining_factor_found(discovery: Discovery, dataset: LabelledImageDataset,
     """Does the vocabulary name what explains each match? A pair counts as *found* when the query and
     the reference share a discovered attribute that stands for (:func:`attribute_factors`) the pair's
     counterfactually best factor ``best`` at the query's value of it. Also reported: how often they share
-    any attribute, and the found rate per explaining factor."""
+    any attribute (a vocabulary that labels few images shares few), the found rate among the pairs that
+    share one, and the found rate per explaining factor."""
     values = factor_values(dataset)
     stands = attribute_factors(discovery, values)
     held = discovery.image_attributes.astype(bool)
@@ -115,24 +116,26 @@ def explaining_factor_found(discovery: Discovery, dataset: LabelledImageDataset,
         found.append(hit)
         shared.append(len(common) > 0)
         by_factor.setdefault(factor, []).append(hit)
+    hits_when_shared = [hit for hit, any_shared in zip(found, shared) if any_shared]
     return {"pairs": len(pairs), "found": float(np.mean(found)), "shared": float(np.mean(shared)),
+            "found_when_shared": float(np.mean(hits_when_shared)) if hits_when_shared else float("nan"),
             "by_factor": {f: {"pairs": len(h), "found": float(np.mean(h))} for f, h in by_factor.items()},
             "stands_for": {f: sum(s["factor"] == f for s in stands) for f in FACTORS}}
 
 
 def format_found(reports: dict[str, dict]) -> str:
-    """One row per method: found rate, shared-attribute rate, found rate per explaining factor, and how
-    many of its attributes stand for each factor."""
+    """One row per method: found rate, shared-attribute rate, found rate among sharing pairs, found rate
+    per explaining factor, and how many of its attributes stand for each factor."""
     factors = sorted({f for r in reports.values() for f in r["by_factor"]},
                      key=lambda f: -next(iter(reports.values()))["by_factor"].get(f, {"pairs": 0})["pairs"])
     first = next(iter(reports.values()))
-    header = (f"{'method':<12}{'found':>7}{'shared':>8}" +
+    header = (f"{'method':<12}{'found':>7}{'shared':>8}{'found|shared':>14}" +
               "".join(f"{f + ' (' + str(first['by_factor'][f]['pairs']) + ')':>18}" for f in factors) +
               "   attributes standing for each factor")
     lines = [header]
     for method, r in reports.items():
         stands = ", ".join(f"{f} {n}" for f, n in r["stands_for"].items() if n)
-        lines.append(f"{method:<12}{r['found']:>7.3f}{r['shared']:>8.3f}" +
+        lines.append(f"{method:<12}{r['found']:>7.3f}{r['shared']:>8.3f}{r['found_when_shared']:>14.3f}" +
                      "".join(f"{r['by_factor'].get(f, {'found': float('nan')})['found']:>18.3f}" for f in factors) +
                      f"   {stands}")
     return "\n".join(lines)

@@ -219,7 +219,7 @@ def test_the_explaining_factor_check_credits_a_vocabulary_that_names_the_factor(
     best = explaining_factors(Embedder(model), dataset.preprocess, dataset, pairs)
     assert sum(b in ("shape", "colour") for b in best) >= 0.8 * len(best)  # the default model matches on its classes
     report = explaining_factor_found(oracle, dataset, pairs, best)
-    assert report["shared"] == 1.0  # same-class pairs share their colour
+    assert report["shared"] == 1.0 and report["found_when_shared"] == report["found"]  # same-class: same colour
     assert report["found"] == pytest.approx(np.mean([b == "colour" for b in best]))
     assert report["by_factor"]["colour"]["found"] == 1.0
     chance = discover(model, dataset, DiscoverySettings(method="random", n_attributes=8), progress=False)
