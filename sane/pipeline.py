@@ -153,9 +153,10 @@ def run_pipeline(
     layout = detect_format(data)  # fail before creating anything when the directory is not a data set
     if opts.discover is None:
         open_dataset(data, split="all").require_attributes()  # before hours of training, not after
-    elif layout != "awa2":
-        raise ValueError(f"--discover writes its vocabulary as an AwA2-layout data set; {data} has the {layout} "
-                         "layout, which discovery does not take yet")
+    else:
+        from sane.train.discovery import check_layout
+
+        check_layout(layout, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, data)

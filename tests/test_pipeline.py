@@ -273,6 +273,45 @@ def test_a_data_set_without_attribute_labels_goes_through_the_pipeline_with_disc
     assert sorted(p.relative_to(data) for p in (data / "JPEGImages").rglob("*.jpg")) == images
 
 
+def test_polyvore_outfits_as_published_goes_through_the_pipeline_with_discovery_and_its_names(tmp_path: Path,
+                                                                                                capsys):
+    """Polyvore Outfits without polyvore_attributes.json (as published): discovery writes the attribute
+    file over the same items, the pipeline trains on it, and names edited by a person reach the model."""
+    data = write_tiny_polyvore(tmp_path / "polyvore")
+    (data / "polyvore_attributes.json").unlink()
+    assert open_dataset(data, split="all").attributes == []  # loads, without labels
+    out = tmp_path / "run"
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY]) == 2
+    assert "no attribute labels" in capsys.readouterr().err
+    discover = ["--discover", "patch", "--discover-attributes", "3", "--discover-queries", "10",
+                "--discover-n-masks", "8"]
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY, *discover]) == 0
+    discovered = out / "discovered"
+    vocabulary = open_dataset(discovered, split="all")
+    assert vocabulary.format == "polyvore" and vocabulary.attributes == [f"discovered_{c:02d}" for c in range(3)]
+    assert vocabulary.item_ids == open_dataset(data, split="all").item_ids  # the same items, linked
+    assert (discovered / "images").resolve() == (data / "images").resolve()
+    assert not (data / "polyvore_attributes.json").exists()  # the data itself is never written to
+    model, _ = load_attributes(out / "attributes_sane.pt")
+    assert list(model.attributes) == vocabulary.attributes
+    assert model.vocabulary["discovered_01"]["id"] == "discovered_01"
+    # a person names the attributes: the attribute file and a model trained on it carry the names
+    edited = json.loads((discovered / "discovered-attributes.json").read_text())
+    names = ("strap", "collar", "sole")  # not in the ids' order: the loader sorts names
+    for entry, name in zip(edited["attributes"], names):
+        entry["name"] = name
+    (discovered / "discovered-attributes.json").write_text(json.dumps(edited))
+    assert main(["name-attributes", str(discovered)]) == 0
+    renamed = open_dataset(discovered, split="all")
+    assert renamed.attributes == sorted(names)
+    for c, name in enumerate(names):  # same labels, new names
+        assert (renamed.image_attributes[:, renamed.attributes.index(name)] == vocabulary.image_attributes[:, c]).all()
+    assert main(["train-attributes", "--model", "classifier", "--data", str(discovered), "--out",
+                 str(tmp_path / "named.pt"), "--epochs", "1", "--image-size", "32", "--quiet"]) == 0
+    named, _ = load_attributes(tmp_path / "named.pt")
+    assert named.vocabulary["sole"]["id"] == "discovered_02" and named.vocabulary["strap"]["id"] == "discovered_00"
+
+
 @pytest.mark.slow
 def test_the_discovery_table_trains_sane_on_each_vocabulary_with_one_similarity_model_and_cache(tmp_path: Path,
                                                                                                  capsys):

@@ -55,7 +55,7 @@ def _cmd_cache_saliency(args: argparse.Namespace) -> int:
 def _cmd_discover_attributes(args: argparse.Namespace) -> int:
     """Discover attributes over a data set without labels, write them where every command reads labels."""
     from sane.data import open_dataset
-    from sane.train.discovery import DiscoverySettings, discover, write_vocabulary
+    from sane.train.discovery import DiscoverySettings, check_layout, discover, write_vocabulary
 
     settings = DiscoverySettings(method=args.method, n_attributes=args.n_attributes, neighbours=args.neighbours,
                                  keep=args.keep, grid=args.grid, patch=args.patch, n_masks=args.n_masks,
@@ -64,6 +64,7 @@ def _cmd_discover_attributes(args: argparse.Namespace) -> int:
     settings.validate()
     loaded = load_from_args(args)
     dataset = open_dataset(ensure_data(args.data), split="all", preprocess=loaded.preprocess)
+    check_layout(dataset.format, args.data)
     found = discover(loaded.model, dataset, settings, cache_dir=Path(args.out) / "cache", device=args.device,
                      progress=not args.quiet)
     out = write_vocabulary(dataset, found, args.out)
@@ -86,7 +87,7 @@ def _cmd_name_attributes(args: argparse.Namespace) -> int:
     from sane.train.discovery import rename_attributes
 
     names = rename_attributes(args.dir)
-    print(f"{len(names)} attributes named in {Path(args.dir) / 'predicates.txt'}: {', '.join(names)}")
+    print(f"{len(names)} attributes named in {args.dir}: {', '.join(names)}")
     return 0
 
 
@@ -472,7 +473,8 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
 
     disc = sub.add_parser("discover-attributes",
                           help="discover attributes for data without attribute labels (the seed's section 4)")
-    disc.add_argument("--data", default=DEFAULT_DATA, help="data directory, AwA2 layout (labels not needed)")
+    disc.add_argument("--data", default=DEFAULT_DATA,
+                      help="data directory, AwA2 or Polyvore Outfits layout (labels not needed)")
     disc.add_argument("--out", required=True, help="where the discovered vocabulary is written (a data set "
                       "over the same images; a rerun resumes its cache)")
     disc.add_argument("--method", default=DISCOVERY.method, choices=DISCOVERY_METHODS)

@@ -17,7 +17,9 @@ Layout (the published data set plus one attribute file)::
   :func:`outfit_pairs` writes it as a pair list (:func:`sane.data.write_pairs`).
 - Attributes: ``polyvore_attributes.json`` maps an item id to the list of attribute names it has.
   The vocabulary is every name in the file, sorted, so all splits share the columns. An item the file
-  does not list has none of the attributes; a split none of whose items is listed is an error.
+  does not list has none of the attributes; a split none of whose items is listed is an error. Without
+  the file (Polyvore Outfits as published) the data set has no attribute labels (``attributes`` is
+  empty): `sane discover-attributes` finds some and writes them as this file.
 - Splits: ``train``, ``test``, ``valid`` and ``all`` (the items of the three files). The pipeline
   validates on a per-class share of ``train`` (:mod:`sane.train.validation_split`), as on AwA2, and
   evaluates on ``test``; ``valid`` is there for evaluating on the published validation outfits.
@@ -151,9 +153,10 @@ class PolyvoreDataset(LabelledImageDataset):
         self.preprocess = preprocess or Preprocess()
         categories = read_categories(self.root)
         self.classes: list[str] = sorted(set(categories.values()))
-        item_attributes = read_item_attributes(self.root)
+        labelled = (self.root / ATTRIBUTES_FILE).is_file()  # the published data set has no attribute file
+        item_attributes = read_item_attributes(self.root) if labelled else {}
         self.attributes: list[str] = sorted({a for names in item_attributes.values() for a in names})
-        if not self.attributes:
+        if labelled and not self.attributes:
             raise ValueError(f"{self.root / ATTRIBUTES_FILE} names no attributes")
 
         files = SPLIT_FILES if split == "all" else (split,)
@@ -183,7 +186,7 @@ class PolyvoreDataset(LabelledImageDataset):
         self.targets: list[int] = [t for _, t in self.samples]
         present = set(self.targets)
         self.split_classes: list[str] = [c for c in self.classes if label[c] in present]
-        if self.item_ids and not any(i in item_attributes for i in self.item_ids):
+        if labelled and self.item_ids and not any(i in item_attributes for i in self.item_ids):
             raise ValueError(f"{self.root / ATTRIBUTES_FILE} annotates none of the {len(self.item_ids)} items of "
                              f"split {split!r}: item ids must match those of {version}/*.json")
         column = {a: j for j, a in enumerate(self.attributes)}

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sane.data import open_dataset
-from sane.data.awa2 import read_index
 from sane.explain.map_match import DEFAULT_TAU, heatmap_loss, saliency_target
 from sane.images import Preprocess
 from sane.metrics.average_precision import mean_average_precision
@@ -121,12 +120,12 @@ def discovered_vocabulary(data_dir: str | os.PathLike) -> dict[str, dict[str, st
     """For a data set written by ``sane discover-attributes``: each attribute name -> its discovered id
     and its contact sheet (relative to that data set's folder, as in its discovered-attributes.json);
     None for a data set with its own labels."""
-    from sane.train.discovery import VOCABULARY_FILE
+    from sane.train.discovery import VOCABULARY_FILE, applied_names
 
     path = Path(data_dir) / VOCABULARY_FILE
     if not path.is_file():
         return None
-    names = read_index(Path(data_dir) / "predicates.txt")
+    names = applied_names(data_dir)
     entries = json.loads(path.read_text())["attributes"]
     return {name: {"id": str(entry["id"]), "contact_sheet": str(entry["contact_sheet"])}
             for name, entry in zip(names, entries)}

@@ -250,23 +250,10 @@ _LINKED = ("JPEGImages", "masks")
 _COPIED = ("classes.txt", "trainclasses.txt", "testclasses.txt", "scenes.jsonl")
 
 
-def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: str | os.PathLike) -> Path:
-    """Write ``out`` as an AwA2-format data set over the same images (linked, not copied) whose
-    attributes are the discovered ones: ``predicates.txt`` (the names), ``instance-attributes.txt``
-    (each image's 0/1 row), ``predicate-matrix-binary.txt`` (a class has an attribute when at least
-    half its images do), plus ``discovered-attributes.json`` (settings, per attribute its name, size
-    and contact sheet: edit the names there and run ``sane name-attributes OUT``) and one contact
-    sheet PNG per attribute. ``train-attributes``, ``eval-attributes``, the ranker and the ``sane``
-    archive read ``out`` as they read any data set. ``dataset`` must be the ``all`` split of an
-    AwA2-format directory (every image, so every split of ``out`` has its labels)."""
+def _write_awa2_labels(dataset: LabelledImageDataset, discovery: Discovery, out: Path, names: list[str]) -> None:
+    """The discovered labels as AwA2 files: predicates.txt, instance-attributes.txt, the class matrix (a
+    class has an attribute when at least half its images do); the images and class files linked or copied."""
     root = Path(dataset.root)
-    if dataset.format != "awa2" or dataset.split != "all":
-        raise ValueError("write_vocabulary needs the 'all' split of an AwA2-format data set "
-                         f"(got format {dataset.format!r}, split {dataset.split!r})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if out.resolve() == root.resolve():
-        raise ValueError(f"--out must not be the data directory itself ({root}): its labels would be replaced")
     for name in _LINKED:
         target, link = (root / name).resolve(), out / name
         if target.exists() and not link.exists():
@@ -274,8 +261,7 @@ def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: s
     for name in _COPIED:
         if (root / name).exists():
             (out / name).write_bytes((root / name).read_bytes())
-    labels = discovery.attributes  # their ids, until a person names them (rename_attributes)
-    (out / "predicates.txt").write_text("".join(f"{i + 1}\t{name}\n" for i, name in enumerate(labels)))
+    (out / "predicates.txt").write_text("".join(f"{i + 1}\t{name}\n" for i, name in enumerate(names)))
     rows = discovery.image_attributes
     (out / "instance-attributes.txt").write_text(
         "".join(f"{path} {' '.join(str(int(v)) for v in row)}\n" for path, row in zip(discovery.images, rows)))
@@ -286,10 +272,62 @@ def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: s
         if len(members):
             matrix[c] = (2 * members.sum(0) >= len(members)).astype(np.uint8)
     (out / "predicate-matrix-binary.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in matrix))
+
+
+def _write_polyvore_labels(dataset: LabelledImageDataset, discovery: Discovery, out: Path, names: list[str]) -> None:
+    """The discovered labels as Polyvore Outfits' attribute file ({item_id: [name, ...]}); the images and
+    outfit splits linked, the item metadata copied."""
+    from sane.data.polyvore import ATTRIBUTES_FILE, METADATA_FILE, VERSIONS
+
+    root = Path(dataset.root)
+    for name in ("images", *VERSIONS):
+        target, link = (root / name).resolve(), out / name
+        if target.exists() and not link.exists():
+            os.symlink(target, link, target_is_directory=True)
+    (out / METADATA_FILE).write_bytes((root / METADATA_FILE).read_bytes())
+    table = {item: [names[a] for a in np.flatnonzero(row)]
+             for item, row in zip(dataset.item_ids, discovery.image_attributes) if row.any()}
+    (out / ATTRIBUTES_FILE).write_text(json.dumps(table, indent=0) + "\n")
+
+
+# How each layout that discovery takes holds attribute labels.
+_LABEL_WRITERS = {"awa2": _write_awa2_labels, "polyvore": _write_polyvore_labels}
+LAYOUTS = tuple(_LABEL_WRITERS)  # the data layouts discovery writes a vocabulary for
+
+
+def check_layout(layout: str, where: str | os.PathLike) -> None:
+    """A clear error, before any discovery work, for a data layout discovery cannot write labels in."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{where} has the {layout} layout: discovery writes its vocabulary as AwA2 or Polyvore "
+                         "Outfits files, and does not take this layout yet")
+
+
+def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: str | os.PathLike) -> Path:
+    """Write ``out`` as a data set over the same images (linked, not copied) in the layout of ``dataset``,
+    whose attributes are the discovered ones — AwA2: ``predicates.txt`` (the names),
+    ``instance-attributes.txt`` (each image's 0/1 row), ``predicate-matrix-binary.txt``; Polyvore
+    Outfits: ``polyvore_attributes.json`` — plus ``discovered-attributes.json`` (settings, per attribute
+    its name, size and contact sheet: edit the names there and run ``sane name-attributes OUT``) and one
+    contact sheet PNG per attribute. ``train-attributes``, ``eval-attributes``, the ranker and the
+    ``sane`` archive read ``out`` as they read any data set. ``dataset`` must be the ``all`` split of an
+    AwA2 or Polyvore Outfits directory (every image, so every split of ``out`` has its labels)."""
+    root = Path(dataset.root)
+    if dataset.format not in _LABEL_WRITERS or dataset.split != "all":
+        raise ValueError("write_vocabulary needs the 'all' split of an AwA2 or Polyvore Outfits data set "
+                         f"(got format {dataset.format!r}, split {dataset.split!r})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if out.resolve() == root.resolve():
+        raise ValueError(f"--out must not be the data directory itself ({root}): its labels would be replaced")
+    labels = discovery.attributes  # their ids, until a person names them (rename_attributes)
+    _LABEL_WRITERS[dataset.format](dataset, discovery, out, labels)
+    rows = discovery.image_attributes
     sheets = write_contact_sheets(dataset, discovery, out / SHEET_DIR, labels)
     vocabulary = {
         "settings": asdict(discovery.settings),
         "source": str(root.resolve()),
+        "layout": dataset.format,
+        "applied": list(labels),  # the names the data files hold now, in attribute order
         "attributes": [
             {"id": a, "name": a, "images": int(rows[:, c].sum()),
              "units": int((discovery.unit_cluster == c).sum()), "contact_sheet": f"{SHEET_DIR}/{sheets[c].name}"}
@@ -333,8 +371,8 @@ def _file_safe(name: str) -> str:
 
 
 def rename_attributes(out: str | os.PathLike) -> list[str]:
-    """Apply the names edited in ``out/discovered-attributes.json`` to ``predicates.txt`` (what every
-    command reads); returns the names. Names must be distinct and non-empty, without whitespace
+    """Apply the names edited in ``out/discovered-attributes.json`` to the data files every command reads
+    (``predicates.txt``, or Polyvore's attribute file); returns the names. Names must be distinct and non-empty, without whitespace
     (they are single tokens in the index file)."""
     out = Path(out)
     vocabulary = json.loads((out / VOCABULARY_FILE).read_text())
@@ -345,5 +383,25 @@ def rename_attributes(out: str | os.PathLike) -> list[str]:
     if len(set(names)) != len(names):
         dup = sorted(n for n, k in Counter(names).items() if k > 1)
         raise ValueError(f"{out / VOCABULARY_FILE}: attribute names must be distinct, repeated: {dup}")
-    (out / "predicates.txt").write_text("".join(f"{i + 1}\t{name}\n" for i, name in enumerate(names)))
+    applied = applied_names(out)
+    if (out / "predicates.txt").is_file():  # AwA2 layout
+        (out / "predicates.txt").write_text("".join(f"{i + 1}\t{name}\n" for i, name in enumerate(names)))
+    else:  # Polyvore Outfits: the attribute file holds the names per item
+        from sane.data.polyvore import ATTRIBUTES_FILE
+
+        rename = dict(zip(applied, names))
+        table = json.loads((out / ATTRIBUTES_FILE).read_text())
+        table = {item: [rename[a] for a in held] for item, held in table.items()}
+        (out / ATTRIBUTES_FILE).write_text(json.dumps(table, indent=0) + "\n")
+    vocabulary["applied"] = names
+    (out / VOCABULARY_FILE).write_text(json.dumps(vocabulary, indent=2) + "\n")
     return names
+
+
+def applied_names(out: str | os.PathLike) -> list[str]:
+    """The discovered attributes' names as the data files of ``out`` hold them now, in attribute order."""
+    from sane.data.awa2 import read_index
+
+    out = Path(out)
+    vocabulary = json.loads((out / VOCABULARY_FILE).read_text())
+    return list(vocabulary["applied"]) if "applied" in vocabulary else read_index(out / "predicates.txt")

@@ -117,7 +117,6 @@ def test_polyvore_version_and_split_options(polyvore: Path, broken: Path):
     ("damage", "error", "message"),
     [
         (lambda r: (r / "polyvore_item_metadata.json").unlink(), FileNotFoundError, "missing polyvore_item_metadata.json"),
-        (lambda r: (r / "polyvore_attributes.json").unlink(), FileNotFoundError, "missing polyvore_attributes.json"),
         (lambda r: (r / "nondisjoint" / "train.json").unlink(), FileNotFoundError, "missing nondisjoint/train.json"),
         (lambda r: (r / "images" / f"{item(1, 2)}.jpg").unlink(), FileNotFoundError,
          rf"images/{item(1, 2)}\.jpg .*nondisjoint/train\.json \(set_id 5002\)"),
@@ -175,3 +174,12 @@ def test_format_detection_and_open_dataset(polyvore: Path, tmp_path: Path):
     (tmp_path / "half" / "classes.txt").write_text("1 a\n")
     with pytest.raises(ValueError, match="mixes the AwA2 and Polyvore Outfits layouts"):
         detect_format(tmp_path / "half")
+
+
+def test_polyvore_as_published_loads_without_attribute_labels(broken: Path):
+    (broken / "polyvore_attributes.json").unlink()  # the published data set has no attribute file
+    dataset = open_dataset(broken, split="train")
+    assert dataset.format == "polyvore" and dataset.attributes == [] and dataset.image_attributes.shape[1] == 0
+    assert len(dataset) > 0 and len(dataset.classes) == 3  # images and categories as with labels
+    with pytest.raises(ValueError, match="sane discover-attributes"):
+        dataset.require_attributes()
