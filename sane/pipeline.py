@@ -390,6 +390,10 @@ def run_discovery_table(
     unknown = [m for m in methods if m not in TABLE2_METHODS]
     if unknown or not methods:
         raise ValueError(f"methods must be among {', '.join(TABLE2_METHODS)}, got {list(methods)}")
+    if "supervised" in methods:  # before the discovery runs, not after them
+        from sane.data import open_dataset
+
+        open_dataset(data_dir, split="all").require_attributes()
     out = Path(out)
     rows: dict[str, dict[str, float]] = {}
     first: Path | None = None

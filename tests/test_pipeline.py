@@ -339,3 +339,7 @@ def test_the_discovery_table_trains_sane_on_each_vocabulary_with_one_similarity_
     assert "kmeans" in capsys.readouterr().err
     assert main(["discovery-table", "--out", str(out)]) == 2  # neither --data nor --benchmark
     assert "--benchmark" in capsys.readouterr().err
+    unlabelled = write_tiny_polyvore(tmp_path / "published")
+    (unlabelled / "polyvore_attributes.json").unlink()
+    assert main(["discovery-table", "--data", str(unlabelled), "--out", str(tmp_path / "t2")]) == 2  # supervised
+    assert "no attribute labels" in capsys.readouterr().err and not (tmp_path / "t2").exists()

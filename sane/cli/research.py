@@ -616,7 +616,8 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
     )
     table.add_argument("--benchmark", default=None, choices=sorted(BENCHMARK_DATA),
                        help="a bundled benchmark: its data set and its bundled similarity model")
-    table.add_argument("--data", default=None, help=DATA_HELP + " (AwA2 layout; or --benchmark)")
+    table.add_argument("--data", default=None, help=DATA_HELP + " (or --benchmark); the supervised row needs the "
+                       "data's own attribute labels (leave it out of --methods for a set without them)")
     table.add_argument("--methods", default="random,full-frame,patch,supervised",
                        help="comma-separated, among random, full-frame, patch, supervised")
     add_pipeline_options(table)
