@@ -139,6 +139,9 @@ def test_the_page_by_clicking_shows_its_images_survives_a_reload_and_scores(stud
         pixels = np.asarray(shot.crop(box), dtype=np.float32)
         assert pixels.std() > 10, f"{element_id} looks blank in the screenshot"
     assert len(browser.find_elements(By.CSS_SELECTOR, "#att-b li")) == 3
+    for element_id in ("answer-b", "answer-c", "att-c"):  # the whole question fits: no scrolling to answer
+        r = browser.find_element(By.ID, element_id).rect
+        assert r["y"] + r["height"] <= browser.execute_script("return window.innerHeight"), element_id
     shot.save(out / "question.png")
     first = [browser.find_element(By.ID, "answer-b"), browser.find_element(By.ID, "answer-c")]
     first[0].click()
