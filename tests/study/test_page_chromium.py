@@ -101,6 +101,9 @@ def test_the_page_can_be_completed_with_the_keyboard_alone(study, browser):
     keys.send_keys("b").perform()
     assert "the model matched" in browser.find_element(By.ID, "feedback-text").text
     ActionChains(browser).send_keys(Keys.ENTER).perform()  # "Start the questions" has the focus
+    variant = key["assignment"][1]  # participant 2's: the page shows what that variant shows, nothing else
+    shows_maps, shows_attributes = variant in ("saliency", "both"), variant in ("attributes", "both")
+    assert _visible(browser, "sal-b") == shows_maps and _visible(browser, "att-b") == shows_attributes
     pressed = ["c", Keys.ARROW_LEFT, "1", Keys.ARROW_RIGHT, "2"]
     for number, key_name in enumerate(pressed, 1):
         assert _progress(browser) == f"Question {number} of {N_TRIPLETS}"
@@ -173,3 +176,17 @@ def test_a_participant_number_is_required(study, browser):
     field.send_keys("0")
     browser.find_element(By.ID, "start").click()
     assert "1 or more" in browser.find_element(By.ID, "start-error").text
+
+
+def test_each_variant_shows_its_explanations_and_nothing_else(study, browser):
+    out, key = study
+    for participant, variant in enumerate(key["assignment"], 1):
+        browser.get((out / "site" / "index.html").as_uri() + f"?p={participant}")
+        browser.execute_script("localStorage.clear()")
+        browser.find_element(By.ID, "start").click()
+        _wait_images(browser)
+        shown = {name: _visible(browser, name) for name in ("img-a", "img-b", "img-c", "sal-b", "sal-c", "att-b",
+                                                            "att-c")}
+        maps, attributes = variant in ("saliency", "both"), variant in ("attributes", "both")
+        assert shown == {"img-a": True, "img-b": True, "img-c": True, "sal-b": maps, "sal-c": maps,
+                         "att-b": attributes, "att-c": attributes}, variant
