@@ -86,6 +86,7 @@ class PipelineOptions:
     discover_attributes: int = DISCOVERY.n_attributes
     discover_queries: int | None = DISCOVERY.queries
     discover_n_masks: int = DISCOVERY.n_masks
+    discover_propagate: bool = DISCOVERY.propagate
     # An existing saliency cache to use (and extend) instead of out/saliency_cache, never removed by a
     # rerun: what `sane discovery-table` shares between its pipelines (the maps do not depend on labels).
     shared_cache: str | None = None
@@ -217,7 +218,7 @@ def run_pipeline(
         model, preprocess = load_similarity(similarity_source(), opts.device)
         settings = DiscoverySettings(method=opts.discover, n_attributes=opts.discover_attributes,
                                      queries=opts.discover_queries, n_masks=opts.discover_n_masks,
-                                     batch_size=opts.batch_size, seed=opts.seed)
+                                     propagate=opts.discover_propagate, batch_size=opts.batch_size, seed=opts.seed)
         dataset = open_dataset(data, split="all", preprocess=preprocess)
         found = discover(model, dataset, settings, cache_dir=out / "discovery_cache", device=opts.device,
                          progress=progress)
@@ -315,7 +316,8 @@ def run_pipeline(
         first = Step("own-similarity", [], ["similarity_model", "similarity_weights", "similarity_declarations"],
                      own_similarity_step)
     discovery = [Step("discover-attributes", ["discovered"],
-                      ["discover", "discover_attributes", "discover_queries", "discover_n_masks", "seed"],
+                      ["discover", "discover_attributes", "discover_queries", "discover_n_masks", "discover_propagate",
+                       "seed"],
                       discover_step)] if opts.discover else []
     steps = [
         first,
@@ -369,9 +371,11 @@ def run_pipeline(
 
 
 # -- the seed's Table 2: SANE on discovered vocabularies and on the supervised attributes ------------
-TABLE2_METHODS = ("random", "full-frame", "patch", "supervised")
+TABLE2_METHODS = ("random", "full-frame", "patch", "supervised")  # the seed's rows, the default
+# Rows beyond the seed: patch discovery with propagation (every image labelled by its own grid patches).
+TABLE2_EXTRA = ("patch-propagated",)
 TABLE2_LABELS = {"random": "Random", "full-frame": "Full Frame Discovery", "patch": "Patch Discovery",
-                 "supervised": "Supervised Attributes"}
+                 "patch-propagated": "Patch, propagated", "supervised": "Supervised Attributes"}
 
 
 def run_discovery_table(
@@ -387,9 +391,9 @@ def run_discovery_table(
     sharing one similarity model and one saliency cache (the first run's: ``shared_cache`` of the others);
     returns {method: SANE's attribute insertion/deletion (x100) and its test mAP} (SPEC §5)."""
     opts = options or PipelineOptions()
-    unknown = [m for m in methods if m not in TABLE2_METHODS]
+    unknown = [m for m in methods if m not in TABLE2_METHODS + TABLE2_EXTRA]
     if unknown or not methods:
-        raise ValueError(f"methods must be among {', '.join(TABLE2_METHODS)}, got {list(methods)}")
+        raise ValueError(f"methods must be among {', '.join(TABLE2_METHODS + TABLE2_EXTRA)}, got {list(methods)}")
     if "supervised" in methods:  # before the discovery runs, not after them
         from sane.data import open_dataset
 
@@ -400,6 +404,8 @@ def run_discovery_table(
     for method in methods:
         run_out = out / method
         run_opts = replace(opts, discover=None if method == "supervised" else method)
+        if method == "patch-propagated":
+            run_opts = replace(run_opts, discover="patch", discover_propagate=True)
         if first is not None:
             if opts.similarity_model is None:  # the first run trained it: the others explain that model
                 run_opts = replace(run_opts, similarity_model=str(first / "similarity.pt"))

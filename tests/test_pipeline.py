@@ -335,6 +335,19 @@ def test_the_discovery_table_trains_sane_on_each_vocabulary_with_one_similarity_
         assert state["cache-saliency"]["settings"]["shared_cache"] == str((out / "random" / "saliency_cache").resolve())
         assert not (out / method / "saliency_cache").exists() and not (out / method / "similarity.pt").exists()
     assert (out / "random" / "saliency_cache").is_dir()
+    # a row beyond the seed's added to the finished table: the four resume, the new one shares their cache
+    before = {m: (out / m / STATE_FILE).read_text() for m in rows}
+    five = "random,full-frame,patch,patch-propagated,supervised"
+    assert main(["discovery-table", "--data", str(data), "--out", str(out), *TINY, *discover, "--methods", five]) == 0
+    assert "Patch, propagated" in capsys.readouterr().out
+    assert list(json.loads((out / "table2.json").read_text())) == five.split(",")
+    assert all((out / m / STATE_FILE).read_text() == before[m] for m in rows)
+    state = json.loads((out / "patch-propagated" / STATE_FILE).read_text())["steps"]
+    assert state["discover-attributes"]["settings"]["discover_propagate"] is True
+    assert state["cache-saliency"]["settings"]["shared_cache"] == str((out / "random" / "saliency_cache").resolve())
+    seed_only = open_dataset(out / "patch" / "discovered", split="all").image_attributes
+    propagated = open_dataset(out / "patch-propagated" / "discovered", split="all").image_attributes
+    assert (propagated.sum(1) > 0).sum() > (seed_only.sum(1) > 0).sum()
     assert main(["discovery-table", "--data", str(data), "--out", str(out), "--methods", "patch,kmeans"]) == 2
     assert "kmeans" in capsys.readouterr().err
     assert main(["discovery-table", "--out", str(out)]) == 2  # neither --data nor --benchmark

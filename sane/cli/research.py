@@ -60,7 +60,7 @@ def _cmd_discover_attributes(args: argparse.Namespace) -> int:
     settings = DiscoverySettings(method=args.method, n_attributes=args.n_attributes, neighbours=args.neighbours,
                                  keep=args.keep, grid=args.grid, patch=args.patch, n_masks=args.n_masks,
                                  n_reference_masks=args.reference_masks, queries=args.queries,
-                                 batch_size=args.batch_size, seed=args.seed)
+                                 propagate=args.propagate, batch_size=args.batch_size, seed=args.seed)
     settings.validate()
     loaded = load_from_args(args)
     dataset = open_dataset(ensure_data(args.data), split="all", preprocess=loaded.preprocess)
@@ -364,6 +364,8 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--discover-queries", type=int, default=DISCOVERY.queries, help="images used as discovery "
                        "queries (default: all)")
     group.add_argument("--discover-n-masks", type=int, default=DISCOVERY.n_masks, help="RISE masks per discovery query")
+    group.add_argument("--discover-propagate", action="store_true", help="patch discovery also labels every image by "
+                       "its own grid patches (discover-attributes --propagate)")
     group = parser.add_argument_group("saliency cache")
     group.add_argument("--n-masks", type=int, default=2000, help="RISE masks per cached map")
     group.add_argument("--refs", type=int, default=5, help="same-class references per training image, at most")
@@ -488,6 +490,8 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
     disc.add_argument("--reference-masks", type=int, default=DISCOVERY.n_reference_masks,
                       help="RISE masks over each neighbour")
     disc.add_argument("--queries", type=int, default=DISCOVERY.queries, help="images used as queries (default: all)")
+    disc.add_argument("--propagate", action="store_true", help="patch: also give every image the attributes its "
+                      "own grid patches fall in (beyond the seed; labels the images no query kept, e.g. with --queries)")
     disc.add_argument("--seed", type=int, default=0)
     disc.add_argument("--quiet", action="store_true")
     add_run_options(disc)
@@ -619,6 +623,7 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
     table.add_argument("--data", default=None, help=DATA_HELP + " (or --benchmark); the supervised row needs the "
                        "data's own attribute labels (leave it out of --methods for a set without them)")
     table.add_argument("--methods", default="random,full-frame,patch,supervised",
-                       help="comma-separated, among random, full-frame, patch, supervised")
+                       help="comma-separated, among random, full-frame, patch, supervised (the seed's rows) and "
+                       "patch-propagated (patch discovery with --discover-propagate)")
     add_pipeline_options(table)
     table.set_defaults(func=_cmd_discovery_table)

@@ -129,13 +129,13 @@ def format_found(reports: dict[str, dict]) -> str:
     factors = sorted({f for r in reports.values() for f in r["by_factor"]},
                      key=lambda f: -next(iter(reports.values()))["by_factor"].get(f, {"pairs": 0})["pairs"])
     first = next(iter(reports.values()))
-    header = (f"{'method':<12}{'found':>7}{'shared':>8}{'found|shared':>14}" +
+    header = (f"{'method':<16}{'found':>7}{'shared':>8}{'found|shared':>14}" +
               "".join(f"{f + ' (' + str(first['by_factor'][f]['pairs']) + ')':>18}" for f in factors) +
               "   attributes standing for each factor")
     lines = [header]
     for method, r in reports.items():
         stands = ", ".join(f"{f} {n}" for f, n in r["stands_for"].items() if n)
-        lines.append(f"{method:<12}{r['found']:>7.3f}{r['shared']:>8.3f}{r['found_when_shared']:>14.3f}" +
+        lines.append(f"{method:<16}{r['found']:>7.3f}{r['shared']:>8.3f}{r['found_when_shared']:>14.3f}" +
                      "".join(f"{r['by_factor'].get(f, {'found': float('nan')})['found']:>18.3f}" for f in factors) +
                      f"   {stands}")
     return "\n".join(lines)

@@ -9,6 +9,11 @@ Three ways to give every image a set of discovered attributes (cluster ids):
   the top ``keep`` of them by similarity; crop a ``patch`` x ``patch`` square around the peak of each
   kept neighbour's own map, upsample it to the model's input size and embed it. The patches of all
   queries are clustered (k-means); an image gets every cluster one of its patches falls in.
+  With ``propagate`` (beyond the seed), every image's own patches on a grid (``patch`` side, stride
+  ``patch // 2``) are embedded too, and an image also gets each cluster that one of them falls in:
+  as near its centre as the nearer half of the cluster's salient patches (:data:`RADIUS_QUANTILE`). Without it only the
+  images that were kept as someone's neighbour get attributes, which is most of them only when every
+  image is a query; with it a sample of queries finds the vocabulary and the grid labels every image.
 - ``full-frame``: k-means on the images' own embeddings; each image gets its cluster.
 - ``random``: each image gets a random cluster (the seed's lower baseline).
 
@@ -23,6 +28,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,6 +58,7 @@ class DiscoverySettings:
     n_masks: int = 500  # RISE masks over the query (shared by its K neighbours)
     n_reference_masks: int = 50  # RISE masks over each neighbour (its own map, the query as reference)
     queries: int | None = None  # how many images act as queries (None: all, in a seeded order)
+    propagate: bool = False  # also label every image by its own grid patches (beyond the seed)
     batch_size: int = 250
     seed: int = 0
 
@@ -73,6 +80,10 @@ class DiscoverySettings:
 
 DEFAULTS = DiscoverySettings()  # what the commands' options default to
 
+# A grid patch falls in a cluster when it is at most as far from the cluster's centre as this share of the
+# cluster's salient patches are (propagation).
+RADIUS_QUANTILE = 0.5
+
 
 @dataclass
 class Discovery:
@@ -82,7 +93,8 @@ class Discovery:
     image a unit comes from, ``unit_cluster[u]`` its cluster, ``unit_box[u]`` its (left, top, right,
     bottom) square in model-input pixels (the whole image for full-frame and random), ``unit_score[u]``
     how typical it is of its cluster (higher: closer to the centre). ``image_attributes`` (images x
-    attributes, 0/1) is what training takes."""
+    attributes, 0/1) is what training takes: each unit's cluster for its image, and with ``propagate``
+    also the clusters the image's grid patches fall in (those patches are not units)."""
 
     settings: DiscoverySettings
     attributes: list[str]
@@ -101,8 +113,8 @@ class Discovery:
         return members[np.sort(first)][:n]
 
 
-def _cluster(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """k-means labels and each point's typicality (minus its distance to its centre)."""
+def _cluster(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """k-means labels, each point's typicality (minus its distance to its centre) and the centres."""
     from sklearn.cluster import KMeans
 
     if len(features) < k:
@@ -110,7 +122,7 @@ def _cluster(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.nd
                          "(--n-attributes) or more queries")
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(features)
     dist = np.linalg.norm(features - km.cluster_centers_[km.labels_], axis=1)
-    return km.labels_.astype(np.int64), -dist
+    return km.labels_.astype(np.int64), -dist, km.cluster_centers_
 
 
 def _whole(n: int, side: int) -> np.ndarray:
@@ -139,17 +151,89 @@ def discover(
         units = (np.arange(n), labels, _whole(n, side), np.zeros(n))
     elif settings.method == "full-frame":
         emb = Embedder(model, settings.batch_size, device=device)(images).cpu().numpy()
-        labels, score = _cluster(emb, settings.n_attributes, settings.seed)
+        labels, score, _ = _cluster(emb, settings.n_attributes, settings.seed)
         units = (np.arange(n), labels, _whole(n, side), score)
     else:
         owner, boxes, feats = salient_patches(model, images, settings, cache_dir, device, progress)
-        labels, score = _cluster(feats, settings.n_attributes, settings.seed)
+        labels, score, centres = _cluster(feats, settings.n_attributes, settings.seed)
         units = (owner, labels, boxes, score)
     unit_image, unit_cluster, unit_box, unit_score = (np.asarray(u) for u in units)
     image_attributes = np.zeros((n, settings.n_attributes), dtype=np.uint8)
     image_attributes[unit_image, unit_cluster] = 1
+    if settings.method == "patch" and settings.propagate:
+        owner, cluster = propagate(model, images, settings, unit_cluster, unit_score, centres, cache_dir, device,
+                                   progress)
+        image_attributes[owner, cluster] = 1
     return Discovery(settings, names, image_attributes, unit_image, unit_cluster, unit_box,
                      unit_score.astype(np.float64), paths)
+
+
+def grid_boxes(side: int, patch: int) -> list[tuple[int, int, int, int]]:
+    """``patch`` x ``patch`` squares covering a ``side`` x ``side`` image at a stride of about ``patch // 2``
+    (the last row and column flush with the edges)."""
+    patch = min(patch, side)
+    steps = -(-(side - patch) // max(1, patch // 2)) + 1
+    starts = sorted({int(round(v)) for v in np.linspace(0, side - patch, steps)})
+    return [(left, top, left + patch, top + patch) for top in starts for left in starts]
+
+
+def grid_patches(
+    embed: Embedder,
+    images: torch.Tensor,
+    patch: int,
+    cache: Path | None = None,
+    progress: bool = True,
+    chunk: int = 32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every image's :func:`grid_boxes` patches, upsampled to the input size and embedded: (owner image,
+    box, embedding) per patch; cached per chunk of images under ``cache`` (resumable)."""
+    n, side = len(images), images.shape[-1]
+    boxes = grid_boxes(side, patch)
+    parts = []
+    for start in tqdm(range(0, n, chunk), desc="embedding grid patches", unit="chunk", disable=not progress):
+        owners = np.arange(start, min(start + chunk, n))
+
+        def embed_chunk(owners: np.ndarray = owners) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            crops = torch.cat([
+                F.interpolate(images[owners][:, :, top:bottom, left:right], size=(side, side), mode="bilinear",
+                              align_corners=False)
+                for left, top, right, bottom in boxes], dim=0)  # box-major: box b of every image, then b + 1
+            return (np.tile(owners, len(boxes)), np.repeat(np.asarray(boxes, dtype=np.int64), len(owners), axis=0),
+                    embed(crops).cpu().numpy())
+
+        parts.append(_cached_chunk(cache / f"grid-{start // chunk:05d}.npz" if cache is not None else None,
+                                   embed_chunk))
+    owner, box, feature = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return owner, box, feature
+
+
+def propagate(
+    model: nn.Module,
+    images: torch.Tensor,
+    settings: DiscoverySettings,
+    labels: np.ndarray,
+    score: np.ndarray,
+    centres: np.ndarray,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The grid patches that fall in a cluster of the salient patches (``labels``, typicality ``score``,
+    ``centres``): nearer its centre than :data:`RADIUS_QUANTILE` of the cluster's own members. Returns
+    (owner image, cluster) of each."""
+    embed = Embedder(model, settings.batch_size, device=device)
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"grid-{_cache_key({'patch': settings.patch}, images, model)}"
+        cache.mkdir(parents=True, exist_ok=True)
+    owner, _, feature = grid_patches(embed, images, settings.patch, cache, progress)
+    radius = np.array([np.quantile(-score[labels == c], RADIUS_QUANTILE) if (labels == c).any() else -np.inf
+                       for c in range(len(centres))])
+    dist = torch.cdist(torch.from_numpy(feature).double(), torch.from_numpy(centres).double()).numpy()
+    nearest = dist.argmin(1)
+    near = dist[np.arange(len(dist)), nearest]
+    inside = near <= radius[nearest]
+    return owner[inside], nearest[inside]
 
 
 def peak(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,11 +265,30 @@ def patch_box(row: int, col: int, patch: int, side: int) -> tuple[int, int, int,
 def _settings_key(settings: DiscoverySettings, images: torch.Tensor, model: nn.Module) -> str:
     """What a cached chunk depends on: the patch settings, the images and the model (not the number of
     attributes, which only the clustering uses)."""
+    relevant = {k: v for k, v in asdict(settings).items() if k not in ("method", "n_attributes", "propagate")}
+    return _cache_key(relevant, images, model)
+
+
+def _cache_key(fields: dict, images: torch.Tensor, model: nn.Module) -> str:
+    """A short hash of ``fields``, the images and the model's weights: the name of a cache folder."""
     from sane.train.saliency_cache import model_fingerprint
 
-    relevant = {k: v for k, v in asdict(settings).items() if k not in ("method", "n_attributes")}
-    key = {**relevant, "images": len(images), "pixels": float(images.double().sum()), "model": model_fingerprint(model)}
+    key = {**fields, "images": len(images), "pixels": float(images.double().sum()), "model": model_fingerprint(model)}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cached_chunk(path: Path | None, compute: Callable[[], tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chunk's (owner image, box, feature): read from ``path`` when an earlier run wrote it, else
+    computed and written (atomically, so an interrupted run never leaves half a chunk)."""
+    if path is not None and path.exists():
+        with np.load(path) as saved:
+            return saved["owner"], saved["box"], saved["feature"]
+    part = compute()
+    if path is not None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, owner=part[0], box=part[1], feature=part[2])
+        os.replace(tmp, path)
+    return part
 
 
 def salient_patches(
@@ -214,31 +317,27 @@ def salient_patches(
     parts = []
     starts = range(0, len(order), chunk)
     for start in tqdm(starts, desc="discovering patches", unit="chunk", disable=not progress):
-        path = cache / f"chunk-{start // chunk:05d}.npz" if cache is not None else None
-        if path is not None and path.exists():
-            with np.load(path) as saved:
-                parts.append((saved["owner"], saved["box"], saved["feature"]))
-            continue
-        owner, boxes, crops = [], [], []
-        for q in order[start : start + chunk]:
-            near = torch.topk(sims[q], settings.neighbours).indices
-            result = generator.explain(images[q], images[near], mode="both")
-            kept = select_neighbours(result.query_map, result.similarity, settings.grid, settings.keep)
-            rows, cols = peak(result.reference_map[kept])
-            for k, row, col in zip(kept.tolist(), rows.tolist(), cols.tolist()):
-                image = int(near[k])
-                left, top, right, bottom = patch_box(row, col, settings.patch, side)
-                crop = images[image][:, top:bottom, left:right]
-                crops.append(F.interpolate(crop[None], size=(side, side), mode="bilinear", align_corners=False)[0])
-                owner.append(image)
-                boxes.append((left, top, right, bottom))
-        feature = embed(torch.stack(crops)).cpu().numpy() if crops else np.zeros((0, emb.shape[1]), dtype=np.float32)
-        part = (np.asarray(owner, dtype=np.int64), np.asarray(boxes, dtype=np.int64).reshape(-1, 4), feature)
-        if path is not None:
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, owner=part[0], box=part[1], feature=part[2])
-            os.replace(tmp, path)
-        parts.append(part)
+
+        def explain_chunk(queries: np.ndarray = order[start : start + chunk]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            owner, boxes, crops = [], [], []
+            for q in queries:
+                near = torch.topk(sims[q], settings.neighbours).indices
+                result = generator.explain(images[q], images[near], mode="both")
+                kept = select_neighbours(result.query_map, result.similarity, settings.grid, settings.keep)
+                rows, cols = peak(result.reference_map[kept])
+                for k, row, col in zip(kept.tolist(), rows.tolist(), cols.tolist()):
+                    image = int(near[k])
+                    left, top, right, bottom = patch_box(row, col, settings.patch, side)
+                    crop = images[image][:, top:bottom, left:right]
+                    crops.append(F.interpolate(crop[None], size=(side, side), mode="bilinear", align_corners=False)[0])
+                    owner.append(image)
+                    boxes.append((left, top, right, bottom))
+            feature = (embed(torch.stack(crops)).cpu().numpy() if crops
+                       else np.zeros((0, emb.shape[1]), dtype=np.float32))
+            return np.asarray(owner, dtype=np.int64), np.asarray(boxes, dtype=np.int64).reshape(-1, 4), feature
+
+        parts.append(_cached_chunk(cache / f"chunk-{start // chunk:05d}.npz" if cache is not None else None,
+                                   explain_chunk))
     owner, boxes, feats = (np.concatenate([p[i] for p in parts]) for i in range(3))
     return owner, boxes, feats
 

@@ -12,12 +12,13 @@ from PIL import Image
 
 from sane.cli import main as sane_main
 from sane.data import AttributeDataset, open_dataset, write_dataset
-from sane.evaluation.discovery import purity, recovery
+from sane.evaluation.discovery import attribute_factors, factor_values, purity, recovery
 from sane.models import build_embedding, load_similarity
 from sane.saliency import RISE
 from sane.train.discovery import (
     DiscoverySettings,
     discover,
+    grid_boxes,
     patch_box,
     rename_attributes,
     select_neighbours,
@@ -122,6 +123,40 @@ def test_an_interrupted_patch_run_resumes_from_its_cache(model_and_data, patch_r
                  progress=False)
 
 
+def test_grid_patches_cover_the_image_at_half_a_patch_stride():
+    boxes = grid_boxes(112, 30)
+    covered = np.zeros((112, 112), dtype=bool)
+    for left, top, right, bottom in boxes:
+        assert right - left == bottom - top == 30 and 0 <= left and 0 <= top and right <= 112 and bottom <= 112
+        covered[top:bottom, left:right] = True
+    assert covered.all() and len(boxes) == 7 * 7
+    starts = sorted({box[0] for box in boxes})
+    assert max(np.diff(starts)) <= 15
+    assert grid_boxes(20, 30) == [(0, 0, 20, 20)]
+
+
+def test_propagation_labels_every_image_and_the_attributes_keep_their_meaning(model_and_data, patch_run):
+    """40 queries label about half the images; propagation (the same clusters) labels them all, and an
+    attribute that stood for a factor's value (its images agreeing on it) still stands for it."""
+    model, dataset = model_and_data
+    found, cache = patch_run
+    spread = discover(model, dataset, DiscoverySettings(method="patch", propagate=True, **SMALL), cache_dir=cache,
+                      progress=False)
+    np.testing.assert_array_equal(spread.unit_cluster, found.unit_cluster)  # the salient patches, from the cache
+    assert (spread.image_attributes >= found.image_attributes).all()
+    covered = [int((d.image_attributes.sum(1) > 0).sum()) for d in (found, spread)]
+    assert covered[0] < 0.7 * len(dataset) and covered[1] >= 0.95 * len(dataset)
+    assert spread.image_attributes.sum(1).mean() < SMALL["n_attributes"] / 2  # not every cluster on every image
+    values = factor_values(dataset)
+    before, after = attribute_factors(found, values), attribute_factors(spread, values)
+    meant = [a for a, s in enumerate(before) if s["factor"] is not None]
+    assert len(meant) >= 3
+    kept = [a for a in meant if (after[a]["factor"], after[a]["value"]) == (before[a]["factor"], before[a]["value"])]
+    assert len(kept) >= len(meant) - 1
+    assert np.mean([after[a]["agreement"] for a in kept]) >= np.mean([before[a]["agreement"] for a in kept]) - 0.1
+    assert list(cache.glob("grid-*/grid-*.npz"))  # the grid patches' embeddings are kept for a rerun
+
+
 def test_full_frame_gives_each_image_its_cluster_and_beats_random_on_the_class(model_and_data):
     model, dataset = model_and_data
     found = discover(model, dataset, DiscoverySettings(method="full-frame", n_attributes=8), progress=False)
@@ -180,6 +215,13 @@ def test_the_command_writes_the_vocabulary_and_reports_recovery_on_synthetic_dat
     assert len(AttributeDataset(out, split="all").attributes) == 6
     assert sane_main(["discover-attributes", "--data", shapes112, "--out", str(out), "--keep", "20"]) == 2
     assert "keep (20) cannot exceed neighbours (10)" in capsys.readouterr().err
+    patch = tmp_path / "patch"
+    assert sane_main(["discover-attributes", "--data", shapes112, "--out", str(patch), "--n-attributes", "4",
+                      "--queries", "8", "--n-masks", "100", "--reference-masks", "10", "--propagate", "--quiet"]) == 0
+    assert "patch discovery: 4 attributes over" in (printed := capsys.readouterr().out)
+    assert json.loads((patch / "discovered-attributes.json").read_text())["settings"]["propagate"] is True
+    covered = int(printed.split("; ")[1].split(" of ")[0])
+    assert covered > 8 * 5  # more images than the queries could have kept
 
 
 def test_a_discovered_vocabulary_over_synthetic_images_gets_no_counterfactual_prior(model_and_data, patch_run,
