@@ -155,9 +155,9 @@ def run_pipeline(
     if opts.discover is None:
         open_dataset(data, split="all").require_attributes()  # before hours of training, not after
     else:
-        from sane.train.discovery import check_layout
+        from sane.train.discovery import check_out
 
-        check_layout(layout, data)
+        check_out(layout, data, Path(out) / "discovered")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = _load_state(out, data)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
-from tiny_real_data import write_tiny_awa2, write_tiny_polyvore
+from tiny_real_data import write_tiny_awa2, write_tiny_csv, write_tiny_folders, write_tiny_polyvore
 
 from sane.cli import main
 from sane.data import open_dataset
@@ -310,6 +310,55 @@ def test_polyvore_outfits_as_published_goes_through_the_pipeline_with_discovery_
                  str(tmp_path / "named.pt"), "--epochs", "1", "--image-size", "32", "--quiet"]) == 0
     named, _ = load_attributes(tmp_path / "named.pt")
     assert named.vocabulary["sole"]["id"] == "discovered_02" and named.vocabulary["strap"]["id"] == "discovered_00"
+
+
+def _unlabelled(layout: str, root: Path) -> Path:
+    """A tiny class-folder or labels.csv set without attribute columns (what most catalogues have)."""
+    if layout == "folders":
+        data = write_tiny_folders(root)
+        (data / "attributes.csv").unlink()
+        return data
+    data = write_tiny_csv(root)
+    rows = [line.split(",") for line in (data / "labels.csv").read_text().splitlines()]
+    (data / "labels.csv").write_text("".join(f"{r[0]},{r[1]},{r[-1]}\n" for r in rows))  # image,class,split
+    return data
+
+
+@pytest.mark.parametrize("layout", ["folders", "csv"])
+def test_class_folders_and_csv_sets_without_labels_go_through_the_pipeline_with_discovery(layout: str, tmp_path: Path,
+                                                                                         capsys):
+    """Discovery writes a labels.csv over the same images (per image: class folders' attributes.csv holds
+    classes only), with the data's own split; the pipeline trains on it and edited names reach it."""
+    data = _unlabelled(layout, tmp_path / layout)
+    before = sorted((p.relative_to(data), p.stat().st_size) for p in data.rglob("*") if p.is_file())
+    source = open_dataset(data, split="all")
+    assert source.attributes == [] and source.format == layout
+    out = tmp_path / "run"
+    discover = ["--discover", "patch", "--discover-attributes", "3", "--discover-queries", "10",
+                "--discover-n-masks", "8", "--discover-propagate"]
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY, *discover]) == 0
+    discovered = out / "discovered"
+    vocabulary = open_dataset(discovered, split="all")
+    assert vocabulary.format == "csv" and vocabulary.attributes == [f"discovered_{c:02d}" for c in range(3)]
+    for split in ("all", "train", "test"):  # the same images, classes and split
+        mine, theirs = open_dataset(discovered, split=split), open_dataset(data, split=split)
+        assert [mine.relative_path(i) for i in range(len(mine))] == [theirs.relative_path(i) for i in range(len(theirs))]
+        assert [mine.classes[t] for t in mine.targets] == [theirs.classes[t] for t in theirs.targets]
+    assert json.loads((discovered / "discovered-attributes.json").read_text())["settings"]["propagate"] is True
+    model, _ = load_attributes(out / "attributes_sane.pt")
+    assert list(model.attributes) == vocabulary.attributes
+    edited = json.loads((discovered / "discovered-attributes.json").read_text())
+    for entry, name in zip(edited["attributes"], ("dark", "striped", "pale")):
+        entry["name"] = name
+    (discovered / "discovered-attributes.json").write_text(json.dumps(edited))
+    assert main(["name-attributes", str(discovered)]) == 0
+    renamed = open_dataset(discovered, split="all")
+    assert renamed.attributes == ["dark", "striped", "pale"]
+    assert (renamed.image_attributes == vocabulary.image_attributes).all()
+    assert sorted((p.relative_to(data), p.stat().st_size) for p in data.rglob("*") if p.is_file()) == before
+    inside = data / "discovered"  # in these layouts a folder inside the data would be read as data
+    assert main(["discover-attributes", "--data", str(data), "--out", str(inside), "--method", "random"]) == 2
+    assert "outside the data directory" in capsys.readouterr().err and not inside.exists()
 
 
 @pytest.mark.slow

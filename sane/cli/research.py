@@ -55,7 +55,7 @@ def _cmd_cache_saliency(args: argparse.Namespace) -> int:
 def _cmd_discover_attributes(args: argparse.Namespace) -> int:
     """Discover attributes over a data set without labels, write them where every command reads labels."""
     from sane.data import open_dataset
-    from sane.train.discovery import DiscoverySettings, check_layout, discover, write_vocabulary
+    from sane.train.discovery import DiscoverySettings, check_out, discover, write_vocabulary
 
     settings = DiscoverySettings(method=args.method, n_attributes=args.n_attributes, neighbours=args.neighbours,
                                  keep=args.keep, grid=args.grid, patch=args.patch, n_masks=args.n_masks,
@@ -64,7 +64,7 @@ def _cmd_discover_attributes(args: argparse.Namespace) -> int:
     settings.validate()
     loaded = load_from_args(args)
     dataset = open_dataset(ensure_data(args.data), split="all", preprocess=loaded.preprocess)
-    check_layout(dataset.format, args.data)
+    check_out(dataset.format, args.data, args.out)
     found = discover(loaded.model, dataset, settings, cache_dir=Path(args.out) / "cache", device=args.device,
                      progress=not args.quiet)
     out = write_vocabulary(dataset, found, args.out)
@@ -476,7 +476,8 @@ def add_research_commands(sub: argparse._SubParsersAction) -> None:
     disc = sub.add_parser("discover-attributes",
                           help="discover attributes for data without attribute labels (the seed's section 4)")
     disc.add_argument("--data", default=DEFAULT_DATA,
-                      help="data directory, AwA2 or Polyvore Outfits layout (labels not needed)")
+                      help="data directory: AwA2, Polyvore Outfits, labels.csv or a folder per class (labels not "
+                      "needed)")
     disc.add_argument("--out", required=True, help="where the discovered vocabulary is written (a data set "
                       "over the same images; a rerun resumes its cache)")
     disc.add_argument("--method", default=DISCOVERY.method, choices=DISCOVERY_METHODS)

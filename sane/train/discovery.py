@@ -389,35 +389,60 @@ def _write_polyvore_labels(dataset: LabelledImageDataset, discovery: Discovery, 
     (out / ATTRIBUTES_FILE).write_text(json.dumps(table, indent=0) + "\n")
 
 
-# How each layout that discovery takes holds attribute labels.
-_LABEL_WRITERS = {"awa2": _write_awa2_labels, "polyvore": _write_polyvore_labels}
-LAYOUTS = tuple(_LABEL_WRITERS)  # the data layouts discovery writes a vocabulary for
+def _write_csv_labels(dataset: LabelledImageDataset, discovery: Discovery, out: Path, names: list[str]) -> None:
+    """Class folders or a labels.csv set: the discovered labels as the CSV layout's labels.csv (image,
+    class, split, one 0/1 column per attribute: discovery labels images, which class folders' per-class
+    attributes.csv cannot hold), every other top-level entry of the data linked (the images keep their paths)."""
+    import csv
+
+    from sane.data.folders import CLASS_ATTRIBUTES_FILE, LABELS_FILE, FolderDataset
+
+    root = Path(dataset.root).resolve()
+    for entry in root.iterdir():
+        if entry.name not in (LABELS_FILE, CLASS_ATTRIBUTES_FILE) and not (out / entry.name).exists():
+            os.symlink(entry, out / entry.name, target_is_directory=entry.is_dir())
+    held_out = FolderDataset(root, split="test")
+    test = {held_out.relative_path(i) for i in range(len(held_out))}
+    with (out / LABELS_FILE).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "class", "split", *names])
+        for i, (path, row) in enumerate(zip(discovery.images, discovery.image_attributes)):
+            writer.writerow([path, dataset.classes[dataset.targets[i]], "test" if path in test else "train",
+                             *(int(v) for v in row)])
 
 
-def check_layout(layout: str, where: str | os.PathLike) -> None:
-    """A clear error, before any discovery work, for a data layout discovery cannot write labels in."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"{where} has the {layout} layout: discovery writes its vocabulary as AwA2 or Polyvore "
-                         "Outfits files, and does not take this layout yet")
+# How each layout that discovery takes holds attribute labels (class folders are written as a labels.csv).
+_LABEL_WRITERS = {"awa2": _write_awa2_labels, "polyvore": _write_polyvore_labels, "csv": _write_csv_labels,
+                  "folders": _write_csv_labels}
+
+
+def check_out(layout: str, data: str | os.PathLike, out: str | os.PathLike) -> None:
+    """A clear error, before any discovery work, for a vocabulary folder ``out`` that cannot be written:
+    the data directory itself (its labels would be replaced), or inside it for the csv and class-folder
+    layouts (where a folder is read as one more image or class folder)."""
+    data, out = Path(data).resolve(), Path(out).resolve()
+    if out == data:
+        raise ValueError(f"--out must not be the data directory itself ({data}): its labels would be replaced")
+    if layout in ("csv", "folders") and out.is_relative_to(data):
+        raise ValueError(f"--out ({out}) must be outside the data directory {data}: in the {layout} layout a "
+                         "folder there is read as one more image or class folder")
 
 
 def write_vocabulary(dataset: LabelledImageDataset, discovery: Discovery, out: str | os.PathLike) -> Path:
     """Write ``out`` as a data set over the same images (linked, not copied) in the layout of ``dataset``,
     whose attributes are the discovered ones — AwA2: ``predicates.txt`` (the names),
     ``instance-attributes.txt`` (each image's 0/1 row), ``predicate-matrix-binary.txt``; Polyvore
-    Outfits: ``polyvore_attributes.json`` — plus ``discovered-attributes.json`` (settings, per attribute
+    Outfits: ``polyvore_attributes.json``; labels.csv or class folders: ``labels.csv`` — plus ``discovered-attributes.json`` (settings, per attribute
     its name, size and contact sheet: edit the names there and run ``sane name-attributes OUT``) and one
     contact sheet PNG per attribute. ``train-attributes``, ``eval-attributes``, the ranker and the
-    ``sane`` archive read ``out`` as they read any data set. ``dataset`` must be the ``all`` split of an
-    AwA2 or Polyvore Outfits directory (every image, so every split of ``out`` has its labels)."""
+    ``sane`` archive read ``out`` as they read any data set. ``dataset`` must be the ``all`` split (every
+    image, so every split of ``out`` has its labels)."""
     root = Path(dataset.root)
-    if dataset.format not in _LABEL_WRITERS or dataset.split != "all":
-        raise ValueError("write_vocabulary needs the 'all' split of an AwA2 or Polyvore Outfits data set "
-                         f"(got format {dataset.format!r}, split {dataset.split!r})")
+    if dataset.split != "all":
+        raise ValueError(f"write_vocabulary needs the 'all' split of a data set, got split {dataset.split!r}")
+    check_out(dataset.format, root, out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if out.resolve() == root.resolve():
-        raise ValueError(f"--out must not be the data directory itself ({root}): its labels would be replaced")
     labels = discovery.attributes  # their ids, until a person names them (rename_attributes)
     _LABEL_WRITERS[dataset.format](dataset, discovery, out, labels)
     rows = discovery.image_attributes
@@ -485,6 +510,16 @@ def rename_attributes(out: str | os.PathLike) -> list[str]:
     applied = applied_names(out)
     if (out / "predicates.txt").is_file():  # AwA2 layout
         (out / "predicates.txt").write_text("".join(f"{i + 1}\t{name}\n" for i, name in enumerate(names)))
+    elif vocabulary.get("layout") in ("csv", "folders"):  # labels.csv: the names are its last columns
+        import csv
+
+        from sane.data.folders import LABELS_FILE
+
+        with (out / LABELS_FILE).open(newline="") as f:
+            rows = list(csv.reader(f))
+        rows[0] = rows[0][: len(rows[0]) - len(names)] + names
+        with (out / LABELS_FILE).open("w", newline="") as f:
+            csv.writer(f).writerows(rows)
     else:  # Polyvore Outfits: the attribute file holds the names per item
         from sane.data.polyvore import ATTRIBUTES_FILE
 
