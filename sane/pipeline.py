@@ -134,6 +134,14 @@ def _load_state(out: Path, data: str) -> dict:
     return state
 
 
+def _as_recorded(record: dict, settings: dict) -> dict:
+    """A step's recorded settings, with each setting added to the step since it ran (absent from the
+    record) at its default: the run was made with that default."""
+    saved = record.get("settings", {})
+    defaults = asdict(PipelineOptions())
+    return {**saved, **{name: defaults[name] for name in settings if name not in saved}}
+
+
 def run_pipeline(
     data_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -340,13 +348,14 @@ def run_pipeline(
     for number, step in enumerate(steps, 1):
         settings = {name: values[name] for name in step.settings}
         record = state["steps"].get(step.name)
+        recorded = None if record is None else _as_recorded(record, settings)
         outputs = [out / name for name in step.outputs]
-        finished = record is not None and record.get("done") and record.get("settings") == settings
+        finished = record is not None and record.get("done") and recorded == settings
         if not stale and finished and all(p.exists() for p in outputs):
             log(f"[{number}/{len(steps)}] {step.name}: finished before, skipped")
             status[step.name] = "skipped"
             continue
-        if stale or (record is not None and record.get("settings") != settings) or (record or {}).get("done"):
+        if stale or (record is not None and recorded != settings) or (record or {}).get("done"):
             for p in outputs:  # made from other inputs or settings: start this step over
                 _remove(p)
         elif outputs and any(p.exists() for p in outputs):

@@ -127,6 +127,16 @@ def test_pipeline_runs_every_step_and_a_rerun_skips_them(data: Path, tmp_path: P
     printed = capsys.readouterr().out
     assert step_lines(printed) == dict.fromkeys(STEPS, "skipped") and "ran nothing" in printed
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # A run recorded before a setting existed (here train-sane's lam) was made at its default: still finished.
+    state = json.loads((out / STATE_FILE).read_text())
+    del state["steps"]["train-sane"]["settings"]["lam"]
+    (out / STATE_FILE).write_text(json.dumps(state))
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY]) == 0
+    assert step_lines(capsys.readouterr().out) == dict.fromkeys(STEPS, "skipped")
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY, "--lam", "0.5", "--eval-pairs", "3"]) == 0
+    assert step_lines(capsys.readouterr().out)["train-sane"] == "ran"  # not at the default: made otherwise
+    assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY]) == 0  # back to the defaults
+    capsys.readouterr()
 
     # Changing an evaluation setting reruns only the step that depends on it.
     assert main(["pipeline", "--data", str(data), "--out", str(out), *TINY, "--eval-pairs", "3"]) == 0
