@@ -78,11 +78,12 @@ class FolderDataset(LabelledImageDataset):
         if not self.classes:
             raise ValueError(f"{self.root}: no images found")
         held_out = test_classes(self.classes)
-        keep = []
+        keep, self.in_test = [], []  # in_test[i]: whether sample i belongs to the test split
         for path, cls, attrs, given in records:
             in_test = given == "test" if given else cls in held_out
             if split == "all" or (split == "test") == in_test:
                 keep.append((path, cls, attrs))
+                self.in_test.append(in_test)
         self.split_classes = sorted({c for _, c, _ in keep})
         self.samples = [(str(p), self.classes.index(c)) for p, c, _ in keep]
         self.targets = [label for _, label in self.samples]

@@ -154,15 +154,18 @@ def discover(
         labels, score, _ = _cluster(emb, settings.n_attributes, settings.seed)
         units = (np.arange(n), labels, _whole(n, side), score)
     else:
-        owner, boxes, feats = salient_patches(model, images, settings, cache_dir, device, progress)
+        generator = RISE(model, n_masks=settings.n_masks, n_reference_masks=settings.n_reference_masks,
+                         batch_size=settings.batch_size, seed=settings.seed, device=device)
+        owner, boxes, feats = salient_patches(generator, images, settings, cache_dir, progress)
         labels, score, centres = _cluster(feats, settings.n_attributes, settings.seed)
         units = (owner, labels, boxes, score)
     unit_image, unit_cluster, unit_box, unit_score = (np.asarray(u) for u in units)
     image_attributes = np.zeros((n, settings.n_attributes), dtype=np.uint8)
     image_attributes[unit_image, unit_cluster] = 1
     if settings.method == "patch" and settings.propagate:
-        owner, cluster = propagate(model, images, settings, unit_cluster, unit_score, centres, cache_dir, device,
-                                   progress)
+        # the grid patches embedded as the salient ones were, in the space the clusters' centres live in
+        owner, cluster = propagate(generator.embedder, images, settings, unit_cluster, unit_score, centres,
+                                   cache_dir, progress)
         image_attributes[owner, cluster] = 1
     return Discovery(settings, names, image_attributes, unit_image, unit_cluster, unit_box,
                      unit_score.astype(np.float64), paths)
@@ -208,23 +211,21 @@ def grid_patches(
 
 
 def propagate(
-    model: nn.Module,
+    embed: Embedder,
     images: torch.Tensor,
     settings: DiscoverySettings,
     labels: np.ndarray,
     score: np.ndarray,
     centres: np.ndarray,
     cache_dir: str | os.PathLike | None = None,
-    device: str = "cpu",
     progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The grid patches that fall in a cluster of the salient patches (``labels``, typicality ``score``,
     ``centres``): nearer its centre than :data:`RADIUS_QUANTILE` of the cluster's own members. Returns
     (owner image, cluster) of each."""
-    embed = Embedder(model, settings.batch_size, device=device)
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"grid-{_cache_key({'patch': settings.patch}, images, model)}"
+        cache = Path(cache_dir) / f"grid-{_cache_key({'patch': settings.patch}, images, embed.model)}"
         cache.mkdir(parents=True, exist_ok=True)
     owner, _, feature = grid_patches(embed, images, settings.patch, cache, progress)
     radius = np.array([np.quantile(-score[labels == c], RADIUS_QUANTILE) if (labels == c).any() else -np.inf
@@ -292,26 +293,24 @@ def _cached_chunk(path: Path | None, compute: Callable[[], tuple]) -> tuple[np.n
 
 
 def salient_patches(
-    model: nn.Module,
+    generator: RISE,
     images: torch.Tensor,
     settings: DiscoverySettings,
     cache_dir: str | os.PathLike | None = None,
-    device: str = "cpu",
     progress: bool = True,
     chunk: int = 16,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The seed's steps 1-5 over ``settings.queries`` queries: (owner image, box, embedding) per patch."""
+    """The seed's steps 1-5 over ``settings.queries`` queries with ``generator`` (RISE at the settings'
+    masks): (owner image, box, embedding) per patch."""
     n, side = len(images), images.shape[-1]
     if settings.neighbours >= n:
         raise ValueError(f"{settings.neighbours} neighbours asked for among {n} images")
-    generator = RISE(model, n_masks=settings.n_masks, n_reference_masks=settings.n_reference_masks,
-                     batch_size=settings.batch_size, seed=settings.seed, device=device)
     embed = generator.embedder  # the neighbours' and the patches' embeddings, as the maps see them
     emb = embed(images).cpu()
     sims = embed.embedding.matrix(emb, emb)
     sims.fill_diagonal_(float("-inf"))
     order = np.random.default_rng(settings.seed).permutation(n)[: settings.queries or n]
-    cache = Path(cache_dir) / f"patches-{_settings_key(settings, images, model)}" if cache_dir is not None else None
+    cache = Path(cache_dir) / f"patches-{_settings_key(settings, images, embed.model)}" if cache_dir is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -395,19 +394,17 @@ def _write_csv_labels(dataset: LabelledImageDataset, discovery: Discovery, out: 
     attributes.csv cannot hold), every other top-level entry of the data linked (the images keep their paths)."""
     import csv
 
-    from sane.data.folders import CLASS_ATTRIBUTES_FILE, LABELS_FILE, FolderDataset
+    from sane.data.folders import CLASS_ATTRIBUTES_FILE, LABELS_FILE
 
     root = Path(dataset.root).resolve()
     for entry in root.iterdir():
         if entry.name not in (LABELS_FILE, CLASS_ATTRIBUTES_FILE) and not (out / entry.name).exists():
             os.symlink(entry, out / entry.name, target_is_directory=entry.is_dir())
-    held_out = FolderDataset(root, split="test")
-    test = {held_out.relative_path(i) for i in range(len(held_out))}
     with (out / LABELS_FILE).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "class", "split", *names])
         for i, (path, row) in enumerate(zip(discovery.images, discovery.image_attributes)):
-            writer.writerow([path, dataset.classes[dataset.targets[i]], "test" if path in test else "train",
+            writer.writerow([path, dataset.classes[dataset.targets[i]], "test" if dataset.in_test[i] else "train",
                              *(int(v) for v in row)])
 
 
