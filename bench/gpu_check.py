@@ -38,6 +38,7 @@ import torch
 from k_references import distinct_references  # bench/ is on sys.path when this script runs
 
 from sane.images import load_image
+from sane.metrics import pearson
 from sane.serving.ops.archive import profile_config
 from sane.serving.ops.http_client import HttpClient
 from sane.serving.ops.inprocess import load_handler, payload, run_batch
@@ -53,10 +54,6 @@ def check(name: str, ok: bool, detail: str) -> None:
     print(f"  {'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
     if not ok:
         FAILURES.append(name)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
 
 
 def explain_in_process(device: str, amp: bool, n_masks: int) -> tuple[np.ndarray, float]:

@@ -20,18 +20,13 @@ import torch
 
 from sane.data import write_example_pair
 from sane.images import load_image
+from sane.metrics import pearson
 from sane.models import load_similarity
 from sane.models.optimize import quantize_int8
 from sane.saliency import RISE
 from sane.saliency.engine import calibration_batch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    return float(a @ b / (a.norm() * b.norm()))
 
 
 def int8_model(model, images: torch.Tensor):

@@ -32,7 +32,7 @@ from torch import nn
 
 from sane.data import AttributeDataset, write_dataset
 from sane.evaluation.saliency_maps import positive_pairs
-from sane.metrics import insertion_deletion, mass_inside, pointing_game
+from sane.metrics import insertion_deletion, mass_inside, pearson, pointing_game
 from sane.models import Embedder, load_similarity
 from sane.saliency import LIME, RISE, LearnedMask, RandomSaliency, SlidingWindow
 from sane.saliency.masks import window_positions
@@ -54,14 +54,6 @@ ROWS = list(PAPER)
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of two maps over pixels (0 when either is constant)."""
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    denom = float(a.norm() * b.norm())
-    return float(a @ b) / denom if denom > 0 else 0.0
 
 
 def timed(fn, *args, **kwargs):

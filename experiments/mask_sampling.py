@@ -15,18 +15,12 @@ import argparse
 import tempfile
 
 import numpy as np
-import torch
 
 from sane.data import open_dataset, write_dataset
 from sane.evaluation.saliency_maps import positive_pairs
+from sane.metrics import pearson
 from sane.models import load_similarity
 from sane.saliency import RISE
-
-
-def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    a, b = a - a.mean(), b - b.mean()
-    return float(a @ b / (a.norm() * b.norm()))
 
 
 def main() -> None:

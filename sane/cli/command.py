@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="overlays at least this many pixels on the long side (0: the image's own size)")
     add_run_options(explain)
     explain.add_argument("--n-masks", type=mask_count, default=2000,
-                         help="RISE masks, or 'auto': stop when the map has converged (at most 2000)")
+                         help="RISE masks, or 'auto': as precise as a map of 2000 independent masks, with fewer")
     explain.add_argument("--n-samples", type=int, default=None, help="LIME samples (default 1000)")
     explain.add_argument("--iterations", type=int, default=None, help="learned-mask steps (default 500)")
     explain.add_argument("--seed", type=int, default=0)

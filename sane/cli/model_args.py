@@ -91,7 +91,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def mask_count(text: str) -> int | str:
-    """``--n-masks``: a number of masks, or ``auto`` (RISE stops when its map has converged)."""
+    """``--n-masks``: a number of masks, or ``auto`` (RISE stops once its map is as precise as a map of
+    ``max_masks`` independent masks)."""
     if text == "auto":
         return text
     try:

@@ -181,7 +181,10 @@ def _cmd_request(args: argparse.Namespace) -> int:
         common = {k: v for k, v in response.items() if k != "references"}
         lines = []
         for k, (path, entry) in enumerate(zip(args.reference, response["references"])):
-            lines += [f"reference {k}: {path}"] + write_response({**common, **entry}, Path(args.out) / f"reference_{k}",
+            own = {**common, **entry}
+            if "n_masks_used" in entry:  # auto: this reference's map stopped on its own
+                own["options"] = {**common.get("options", {}), "n_masks_used": own.pop("n_masks_used")}
+            lines += [f"reference {k}: {path}"] + write_response(own, Path(args.out) / f"reference_{k}",
                                                                   args.query, path, args.display_size)
     for line in lines:
         print(line)
@@ -284,7 +287,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     request.add_argument("--method", default=None)
     request.add_argument("--mode", default=None, choices=["fixed", "both"])
     request.add_argument("--n-masks", dest="n_masks", type=mask_count, default=None,
-                         help="the generator's size (RISE masks, or 'auto': until the map has converged)")
+                         help="the generator's size (RISE masks, or 'auto': as precise as the ceiling's "
+                              "fixed map, with fewer)")
     request.add_argument("--seed", type=int, default=None)
     request.add_argument("--options", default=None, help="further options as a JSON object")
     request.add_argument("--out", default="out/request", help="directory for heat maps, maps, card.png and result.json")

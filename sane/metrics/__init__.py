@@ -1,5 +1,6 @@
 """Saliency metrics: insertion/deletion against the model (SPEC §2) and object-mask ground truth."""
 
+from sane.metrics.correlation import pearson
 from sane.metrics.ground_truth import mass_inside, pointing_game
 from sane.metrics.insertion_deletion import (
     Curves,
@@ -19,6 +20,7 @@ __all__ = [
     "insertion_deletion_curves",
     "mass_inside",
     "normalise_curve",
+    "pearson",
     "pointing_game",
     "step_masks",
 ]

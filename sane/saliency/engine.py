@@ -108,6 +108,7 @@ class PerturbationGenerator(SaliencyGenerator):
         condition=None,
         keep_embeddings: bool = False,
         sums: tuple[torch.Tensor, torch.Tensor] | None = None,
+        scores_out: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Embed each of U ``images`` (U, 3, H, W) under every mask (N, H, W): one stream, every forward
         batch holding ``batch_size // U`` masks applied to all U images.
@@ -115,7 +116,8 @@ class PerturbationGenerator(SaliencyGenerator):
         With ``targets`` (B, D), or (B, T, D) for a distance, and ``owner`` (B,) — map b explains image
         ``owner[b]`` against ``targets[b]`` (the mean score over its T targets) — the (B, H*W) maps are accumulated
         on the fly; with ``keep_embeddings`` the (U, N, D) masked embeddings are returned too. ``sums``
-        (numerator (B, H*W), coverage (H*W)) continues a map over earlier masks: they are added to in place.
+        (numerator (B, H*W), coverage (H*W)) continues a map over earlier masks: they are added to in place;
+        ``scores_out`` collects each forward batch's attributed scores (c, B).
         """
         dev = self.device
         u, n = len(images), len(masks)
@@ -145,19 +147,22 @@ class PerturbationGenerator(SaliencyGenerator):
             if keep_embeddings:
                 kept.append(e)
             if targets is not None:
-                scores = self.embedder.embedding.mean_scores(e[owner], targets)  # (c, B): each map's own target(s)
-                self._accumulate(num, cov, self._score(scores), m)
+                # (c, B): each map's own target(s)
+                scores = self._score(self.embedder.embedding.mean_scores(e[owner], targets))
+                self._accumulate(num, cov, scores, m)
+                if scores_out is not None:
+                    scores_out.append(scores)
         maps = num / cov.clamp_min(1e-6) if num is not None else None
         return maps, (torch.cat(kept, 1) if keep_embeddings else None)
 
     def _query_maps(
         self, queries: torch.Tensor, owner: torch.Tensor, targets: torch.Tensor, size: tuple[int, int], condition
-    ) -> tuple[torch.Tensor, int]:
-        """The (B, H*W) query maps and how many query masks made them: every mask of :meth:`query_masks`
-        (an adaptive generator overrides this to stop early)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B, H*W) query maps and how many query masks made each (B,): every mask of
+        :meth:`query_masks` (an adaptive generator overrides this to stop each map early)."""
         masks = self.query_masks(size)
         maps, _ = self._stream(queries, masks, owner, targets, condition)
-        return maps, len(masks)
+        return maps, torch.full((len(targets),), len(masks), dtype=torch.long)
 
     def _maps_from_embeddings(
         self, embeddings: torch.Tensor, owner: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor
@@ -181,10 +186,10 @@ class PerturbationGenerator(SaliencyGenerator):
         r_owner: torch.Tensor,
         mode: str,
         condition=None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict[str, float], int]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, dict[str, float], list[int]]:
         """B maps of distinct queries (U, 3, H, W) and references (V, 3, H, W): pair b is
         (queries[q_owner[b]], references[r_owner[b]]). Returns query maps (B, H, W), reference maps
-        (B, H, W) or None, similarities (B,), timings and the number of query masks used."""
+        (B, H, W) or None, similarities (B,), timings and the number of query masks that made each map."""
         t_start = time.perf_counter()
         dev = self.device
         q_owner, r_owner = q_owner.to(dev), r_owner.to(dev)
@@ -211,7 +216,7 @@ class PerturbationGenerator(SaliencyGenerator):
             ref_maps = self._maps_from_embeddings(ref_embs, r_owner, q_emb, rmasks).reshape(-1, h, w).float().cpu()
         qmaps = qmaps.reshape(-1, h, w).float().cpu()
         timings = {"setup_ms": (t_masks - t_start) * 1e3, "total_ms": (time.perf_counter() - t_start) * 1e3}
-        return qmaps, ref_maps, similarity.cpu(), timings, n_used
+        return qmaps, ref_maps, similarity.cpu(), timings, [int(n) for n in n_used]
 
     def _explain(self, query: torch.Tensor, references: torch.Tensor, mode: str, condition) -> SaliencyResult:
         k = len(references)
@@ -236,7 +241,7 @@ class PerturbationGenerator(SaliencyGenerator):
                 method=self.method,
                 mode=mode,
                 timings=dict(timings),
-                n_masks_used=n_used,
+                n_masks_used=n_used[b],
             )
             for b in range(len(queries))
         ]

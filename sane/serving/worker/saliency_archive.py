@@ -47,8 +47,8 @@ class SaliencyHandler(ServingHandler):
     def compute(self, items: dict[int, PreparedPair]) -> dict[int, Any]:
         groups: dict[tuple, list[int]] = defaultdict(list)
         # A request explained on its own (not in a shared stream) when its answer would otherwise depend on
-        # its batch mates: an int8 model calibrated per request, or an adaptive map that stops when all
-        # the maps of its stream have converged.
+        # its batch mates: an int8 model calibrated per request, or an adaptive map (a shared stream
+        # changes the forward batches, and float rounding could move where a map stops).
         for idx, item in items.items():
             own = self.config.quantize == "pair" or item.options.n_masks == "auto"
             groups[(item.options.group_key(), idx if own else None)].append(idx)
@@ -98,17 +98,20 @@ class SaliencyHandler(ServingHandler):
     def encode(self, result: SaliencyResult | list[SaliencyResult], item: PreparedPair) -> dict[str, Any]:
         """The response: for K references, ``references`` holds each one's similarity and maps."""
         if item.references is None:
-            return {**self._encode_pair(result, item), **self._encode_common(result, item)}
-        return {**self._encode_common(result[0], item),
+            return {**self._encode_pair(result, item), **self._encode_common(result, item, result.n_masks_used)}
+        # auto: each reference's map stops on its own (its entry says when); the request's stream ran
+        # until the last one stopped
+        streamed = max((r.n_masks_used or 0) for r in result)
+        return {**self._encode_common(result[0], item, streamed),
                 "references": [self._encode_pair(r, item, k) for k, r in enumerate(result)]}
 
-    def _encode_common(self, result: SaliencyResult, item: PreparedPair) -> dict[str, Any]:
+    def _encode_common(self, result: SaliencyResult, item: PreparedPair, n_masks_used: int | None) -> dict[str, Any]:
         options: SaliencyOptions = item.options
         return {
             "method": result.method,
             "mode": result.mode,
             "options": {**options.as_dict(),
-                        **({"n_masks_used": result.n_masks_used} if options.n_masks == "auto" else {})},
+                        **({"n_masks_used": n_masks_used} if options.n_masks == "auto" else {})},
             "timing_ms": {"explain": round(result.timings.get("total_ms", 0.0), 3)},
         }
 
@@ -124,4 +127,5 @@ class SaliencyHandler(ServingHandler):
         for name, part in saliency.items():
             if name in boxes:
                 part["box"] = boxes[name]
-        return {"similarity": float(result.similarity), "saliency": saliency}
+        used = {"n_masks_used": result.n_masks_used} if k is not None and options.n_masks == "auto" else {}
+        return {"similarity": float(result.similarity), "saliency": saliency, **used}

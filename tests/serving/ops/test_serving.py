@@ -186,6 +186,15 @@ def test_a_request_with_k_references_is_served_over_http_and_grpc_and_written_pe
         result = json.loads((out / f"reference_{k}" / "result.json").read_text())
         assert result["reference"].endswith(("reference.jpg", "query.jpg")[k])
         assert (out / f"reference_{k}" / "query_saliency.npy").is_file()
+    # auto: each reference's map stops on its own, and its folder says where (as its single request does)
+    auto = tmp_path / "auto"
+    assert sane_main(["request", str(ROOT / "examples" / "query.jpg"), str(ROOT / "examples" / "reference.jpg"),
+                      str(ROOT / "examples" / "query.jpg"), "--workdir", server.workdir, "--n-masks", "auto",
+                      "--out", str(auto)]) == 0
+    for k, reference in enumerate((r, q)):
+        written = json.loads((auto / f"reference_{k}" / "result.json").read_text())["options"]["n_masks_used"]
+        alone = http.request("saliency", q, reference, {"n_masks": "auto"})[1]["options"]["n_masks_used"]
+        assert written == alone
 
 
 def test_custom_metrics_reach_the_prometheus_endpoint(server):

@@ -55,7 +55,13 @@ def test_k_references_equal_k_single_requests(handlers, transport, options):
         assert entry["similarity"] == pytest.approx(single["similarity"], abs=1e-5)
         for name in single["saliency"]:
             np.testing.assert_allclose(_map(entry["saliency"][name]), _map(single["saliency"][name]), atol=2e-3)
-    assert body["method"] == singles[0][1]["method"] and body["options"] == singles[0][1]["options"]
+        # auto: each reference's map stopped where its single request's did
+        assert entry.get("n_masks_used") == single["options"].get("n_masks_used")
+    used = [single["options"].get("n_masks_used") for _, single in singles]
+    assert body["options"].get("n_masks_used") == (max(used) if options.get("n_masks") == "auto" else None)
+    assert body["method"] == singles[0][1]["method"]
+    assert {k: v for k, v in body["options"].items() if k != "n_masks_used"} == {
+        k: v for k, v in singles[0][1]["options"].items() if k != "n_masks_used"}
 
 
 def test_the_sane_archive_ranks_the_attributes_for_each_reference(handlers):
