@@ -28,12 +28,17 @@ def _pair(seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     return query, query + 0.3 * torch.randn((3, 64, 64), generator=gen)
 
 
-def _by_hand(model, query, reference, masks) -> torch.Tensor:
-    """RISE's estimate over the given masks, written out (mean substrate: 0 in normalised space)."""
+def _scores(model, query, reference, masks) -> torch.Tensor:
+    """Cosine similarity of the query under each mask to the reference (mean substrate: 0 in normalised
+    space), written out."""
     with torch.inference_mode():
         e = torch.nn.functional.normalize(model(query[None] * masks[:, None]), dim=1)
-        r = torch.nn.functional.normalize(model(reference[None]), dim=1)[0]
-        scores = e @ r
+        return e @ torch.nn.functional.normalize(model(reference[None]), dim=1)[0]
+
+
+def _by_hand(model, query, reference, masks) -> torch.Tensor:
+    """RISE's estimate over the given masks, written out."""
+    scores = _scores(model, query, reference, masks)
     return (scores[:, None, None] * masks).sum(0) / masks.sum(0)
 
 
@@ -56,12 +61,6 @@ def test_the_auto_map_is_rise_over_the_first_masks_of_both_halves():
     half_b = rise_masks(1000, 8, 0.5, (64, 64), 5 + HALF_SEED_OFFSET, sampling="sobol")[: used // 2]
     expected = _by_hand(model, q, r, torch.cat([half_a, half_b]))
     torch.testing.assert_close(result.query_map, expected, atol=1e-5, rtol=1e-4)
-
-
-def _scores(model, query, reference, masks) -> torch.Tensor:
-    with torch.inference_mode():
-        e = torch.nn.functional.normalize(model(query[None] * masks[:, None]), dim=1)
-        return e @ torch.nn.functional.normalize(model(reference[None]), dim=1)[0]
 
 
 def test_the_noise_of_independent_masks_is_estimated_from_a_sample_of_masks():
