@@ -46,8 +46,6 @@ def follow(generator: RISE, q: torch.Tensor, r: torch.Tensor, halves: list[torch
         _, embs = generator._stream(q[None], masks, keep_embeddings=True)
         scores.append(generator.embedder.embedding.mean_scores(embs, e[1:2]).flatten())
     flat = [m.flatten(1) for m in halves]
-    sample_masks = torch.cat([m[:NOISE_SAMPLE] for m in flat])
-    sample_scores = torch.cat([s[:NOISE_SAMPLE] for s in scores])[:, None]
     checks = []
     for n in range(CHECK // 2, len(halves[0]) + 1, CHECK // 2):
         nums = [s[:n] @ m[:n] for s, m in zip(scores, flat)]
@@ -55,7 +53,9 @@ def follow(generator: RISE, q: torch.Tensor, r: torch.Tensor, halves: list[torch
         a, b = (num / cov for num, cov in zip(nums, covs))
         full = (nums[0] + nums[1]) / (covs[0] + covs[1])
         noise = float(((a - b) / 2).double().var())
-        independent = float(generator.independent_noise(full[None], sample_masks, sample_scores)[0])
+        k = min(NOISE_SAMPLE, n)  # as auto: the first masks of each half drawn so far
+        sample = torch.cat([m[:k] for m in flat]), torch.cat([s[:k] for s in scores])[:, None]
+        independent = float(generator.independent_noise(full[None], *sample)[0])
         checks.append((2 * n, noise, independent, full))
     return checks
 

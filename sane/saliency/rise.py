@@ -119,6 +119,7 @@ class RISE(PerturbationGenerator):
         sums = [(torch.zeros((len(targets), hw), device=self.device), torch.zeros(hw, device=self.device))
                 for _ in banks]
         kept: list[list[torch.Tensor]] = [[], []]  # each half's scores (c, B) of its first masks
+        sample = None  # (masks (k, H*W), scores (k, B)): the first NOISE_SAMPLE masks of each half, once made
         # Each map stops on its own (K references: each map equals its single-reference map); the stream
         # goes on while any map has not converged.
         maps = torch.zeros((len(targets), hw), device=self.device)
@@ -126,20 +127,27 @@ class RISE(PerturbationGenerator):
         done = torch.zeros(len(targets), dtype=torch.bool)
         used = 0
         for start in range(0, half, step):
+            growing = start < NOISE_SAMPLE
             for bank, acc, scores in zip(banks, sums, kept):
                 self._stream(queries, bank[start : start + step], owner, targets, condition, sums=acc,
-                             scores_out=scores if start < NOISE_SAMPLE else None)
+                             scores_out=scores if growing and self.reliability is None else None)
             used += 2 * len(range(start, min(start + step, half)))
-            if start + step >= half:
-                now = ~done
-            elif used >= self.min_masks:
-                now = self._converged(sums, banks, kept) & ~done
-            else:
+            last = start + step >= half
+            if used < self.min_masks and not last:
                 continue
+            (num_a, cov_a), (num_b, cov_b) = sums
+            pooled = (num_a + num_b) / (cov_a + cov_b).clamp_min(1e-6)  # the map of all masks so far
+            if last:
+                now = ~done
+            else:
+                if self.reliability is None and (growing or sample is None):  # made once it is complete
+                    k = min(NOISE_SAMPLE, used // 2)
+                    sample = (torch.cat([bank[:k] for bank in banks]).flatten(1),
+                              torch.cat([torch.cat(half_scores)[:k] for half_scores in kept]))
+                now = self._converged(sums, pooled, sample) & ~done
             if now.any():
-                (num_a, cov_a), (num_b, cov_b) = sums
                 rows = now.to(self.device)
-                maps[rows] = ((num_a + num_b) / (cov_a + cov_b).clamp_min(1e-6))[rows]
+                maps[rows] = pooled[rows]
                 n_used[now] = used
                 done |= now
             if done.all():
@@ -147,23 +155,19 @@ class RISE(PerturbationGenerator):
         return maps, n_used
 
     def _converged(
-        self, sums: list[tuple[torch.Tensor, torch.Tensor]], banks: list, kept: list[list[torch.Tensor]]
+        self, sums: list[tuple[torch.Tensor, torch.Tensor]], pooled: torch.Tensor,
+        sample: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> torch.Tensor:
-        """(B,) bool, on the CPU: whether each map is as precise as ``n_masks`` independent masks (within
-        ``STOP_MARGIN``), or with a ``reliability``, whether its split-half reliability (Spearman-Brown)
-        reaches it."""
-        (num_a, cov_a), (num_b, cov_b) = sums
+        """(B,) bool, on the CPU: whether each map (``pooled``, of all masks so far) is as precise as
+        ``n_masks`` independent masks (within ``STOP_MARGIN``), or with a ``reliability``, whether its
+        split-half reliability (Spearman-Brown) reaches it."""
         a, b = (num.double() / cov.double().clamp_min(1e-6) for num, cov in sums)
         if self.reliability is not None:
             a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
             r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-12)
             return (2 * r / (1 + r) >= self.reliability).cpu()
-        maps = (num_a + num_b).double() / (cov_a + cov_b).double().clamp_min(1e-6)
-        k = min(NOISE_SAMPLE, len(torch.cat(kept[0])))
-        masks = torch.cat([bank[:k] for bank in banks]).flatten(1)
-        scores = torch.cat([torch.cat(half)[:k] for half in kept])
         noise = ((a - b) / 2).var(1)  # (B,): each map's own noise, from its two independent halves
-        return (noise <= self.STOP_MARGIN * self.independent_noise(maps, masks, scores)).cpu()
+        return (noise <= self.STOP_MARGIN * self.independent_noise(pooled, *sample)).cpu()
 
     def independent_noise(
         self, maps: torch.Tensor, masks: torch.Tensor, scores: torch.Tensor
